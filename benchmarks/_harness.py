@@ -1,0 +1,66 @@
+"""Shared helpers for the benchmark scripts: robust timing and atomic JSON results.
+
+Speed is measured here, never asserted in tests. Quote ratios against a baseline measured in the same run:
+machines are shared and noisy, lone absolute times are not comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lowbit.report.machine import machine_info
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def median_time(fn: Callable[[], Any], *, repeats: int = 7, warmup: int = 1, min_seconds: float = 0.0) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` untimed runs.
+
+    With ``min_seconds`` > 0, each timed sample loops ``fn`` until at least that long has passed and
+    reports the per-call mean of that sample (for very short calls).
+    """
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        n, start = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds:
+                break
+        samples.append(elapsed / n)
+    return statistics.median(samples)
+
+
+def write_results(name: str, payload: dict[str, Any]) -> Path:
+    """Write ``benchmarks/results/<name>.json`` atomically, with the machine description added."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    data = {"benchmark": name, "machine": machine_info(), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **payload}
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=RESULTS_DIR)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.replace(tmp, path)
+    return path
+
+
+def print_table(header: list[str], rows: list[list[Any]]) -> None:
+    """Print a plain-text table (floats to 4 significant digits)."""
+
+    def cell(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
+    for r in cells:
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
