@@ -1,0 +1,24 @@
+"""MSD, Multi-Scale Dequant: quantized GEMMs that never dequantize the weight (``../shared/papers/msd.md``).
+
+The activation is decomposed into a few low-precision components with shrinking scales
+(:func:`decompose`); each component multiplies the quantized weight in an exact low-precision GEMM and the
+partial products are recombined in FP32 (:func:`matmul`). :func:`error_bound` and :func:`effective_bits` give
+the bounds and the measured precision; :func:`dequant_matmul` is the BF16 dequant baseline and
+:func:`matmul_reference` the float64 reference.
+"""
+
+from lowbit.msd.bits import effective_bits
+from lowbit.msd.bounds import error_bound
+from lowbit.msd.decompose import Decomposition, decompose
+from lowbit.msd.multiply import dequant_matmul, matmul, matmul_error_bound, matmul_reference
+
+__all__ = [
+    "Decomposition",
+    "decompose",
+    "dequant_matmul",
+    "effective_bits",
+    "error_bound",
+    "matmul",
+    "matmul_error_bound",
+    "matmul_reference",
+]
