@@ -33,17 +33,22 @@ def attention_reference(
     shape = check_qkv(q, k, v)
     s = check_scale(scale, shape.dim_qk)
     bias = check_mask(mask, shape)
-    kk = k.to(torch.float64).repeat_interleave(shape.group, dim=1)
-    vv = v.to(torch.float64).repeat_interleave(shape.group, dim=1)
-    scores = torch.matmul(q.to(torch.float64), kk.transpose(-1, -2)) * s
+    # Grouped rows ([b, heads_kv, group·seq_q, d]) instead of repeating K/V per query head: MQA with 128
+    # heads would otherwise copy the cache 128 times.
+    b, hk, g, sq = shape.batch, shape.heads_kv, shape.group, shape.seq_q
+    qg = q.to(torch.float64).reshape(b, hk, g * sq, shape.dim_qk)
+    scores = torch.matmul(qg, k.to(torch.float64).transpose(-1, -2)) * s
+    scores = scores.reshape(b, hk, g, sq, shape.seq_k)
     if bias is not None:
-        scores = scores + bias.to(torch.float64)
+        scores = scores + bias.to(torch.float64).reshape(b, hk, g, sq, shape.seq_k)
     if causal:
-        allowed = causal_allowed(shape.seq_q, shape.seq_k, 0, shape.seq_k)
+        allowed = causal_allowed(sq, shape.seq_k, 0, shape.seq_k)
         scores = scores.masked_fill(~allowed, float("-inf"))
     m = scores.amax(dim=-1, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     p = torch.exp(scores - m)
-    denom = p.sum(dim=-1, keepdim=True)
-    out = torch.matmul(p, vv)
-    return torch.where(denom > 0, out / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(out))
+    denom = p.sum(dim=-1, keepdim=True).reshape(b, hk, g * sq, 1)
+    out = torch.matmul(p.reshape(b, hk, g * sq, shape.seq_k), v.to(torch.float64))
+    safe = torch.where(denom > 0, denom, torch.ones_like(denom))
+    out = torch.where(denom > 0, out / safe, torch.zeros_like(out))
+    return out.reshape(b, shape.heads_q, sq, shape.dim_v)
