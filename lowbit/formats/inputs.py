@@ -1,0 +1,56 @@
+"""Checking and converting the tensors handed to :mod:`lowbit.formats`.
+
+Every public entry accepts a CPU ``torch.Tensor`` or a ``numpy.ndarray`` (including the ``ml_dtypes`` float
+types, which convert exactly to float32) and works internally in float64, where every float16, bfloat16,
+float32 and float64 input is exact, so the rounding done by the formats is the only rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["as_float64", "as_tensor", "check_name", "pow2"]
+
+
+def as_tensor(x: Any, name: str) -> torch.Tensor:
+    """``x`` as a CPU torch tensor (numpy arrays are converted); TypeError for anything else."""
+    if isinstance(x, torch.Tensor):
+        t = x
+    elif isinstance(x, np.ndarray):
+        if x.dtype.kind == "V" and x.dtype.name.startswith(("float", "bfloat")):
+            # ml_dtypes floats (bfloat16, float8_*, float6_*, float4_*) are numpy "V" kinds; float32 holds them exactly
+            t = torch.from_numpy(np.ascontiguousarray(x.astype(np.float32)))
+        elif x.dtype.kind in "biuf":
+            t = torch.from_numpy(np.ascontiguousarray(x))
+        else:
+            raise TypeError(f"{name} has numpy dtype {x.dtype}, which is not a number type")
+    else:
+        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} is on {t.device}; lowbit.formats works on CPU tensors, pass {name}.cpu()")
+    return t
+
+
+def as_float64(x: Any, name: str) -> torch.Tensor:
+    """A non-empty floating-point tensor widened to float64 (exact for every float dtype up to float64)."""
+    t = as_tensor(x, name)
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype (float16/bfloat16/float32/float64), got {t.dtype}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); there is nothing to quantize")
+    return t.detach().to(torch.float64)
+
+
+def check_name(value: Any, allowed: Any, name: str) -> str:
+    """``value`` if it is one of ``allowed``; else a ValueError naming the argument and the choices."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {sorted(allowed)}, got {value!r}")
+    return value
+
+
+def pow2(e: torch.Tensor) -> torch.Tensor:
+    """Exactly ``2.0**e`` in float64 for integer ``e`` in [-1022, 1023], built from the IEEE bit pattern."""
+    return ((e.to(torch.int64) + 1023) << 52).view(torch.float64)
