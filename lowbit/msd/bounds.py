@@ -27,11 +27,15 @@ from lowbit.msd.decompose import _decompose_args, grouped
 
 __all__ = ["error_bound", "mx_alpha", "tight_mx_bound"]
 
-# (mantissa bits, emax of the element, max normal) of the MX element formats, per the OCP MX v1.0 spec
-# (msd.md §4). Kept as plain numbers so the bound formulas can be checked by hand; tests compare them with
-# lowbit.formats.ELEMENT_FORMATS.
-_MX_ELEMENT_PARAMS = {"e2m1": (1, 2, 6.0), "e4m3": (3, 8, 448.0), "e5m2": (2, 15, 57344.0)}
-_E8M0_MIN_EXP = -127
+_E8M0_MIN_EXP = -127  # OCP MX v1.0 §5.4: E8M0 codes 0..254 are 2^-127..2^127
+
+
+def _element_params(elem: str) -> tuple[int, int, float]:
+    """(mantissa bits, emax, max normal) of an MX element format, from ``lowbit.formats.ELEMENT_FORMATS``."""
+    from lowbit import formats
+
+    f = formats.element_format(elem)
+    return f.man_bits, f.emax, f.max_normal
 
 
 def mx_alpha(amax: torch.Tensor) -> torch.Tensor:
@@ -47,14 +51,14 @@ def _beta(amax: torch.Tensor) -> torch.Tensor:
 
 
 def _mx_factor(elem: str, scale_rule: str) -> float:
-    m, emax, max_normal = _MX_ELEMENT_PARAMS[elem]
+    m, emax, max_normal = _element_params(elem)
     if scale_rule == "ceil":
         return 2.0 ** -(m + 2)
     return max(2.0 ** (emax + 1) - max_normal, 2.0 ** (emax - m - 1)) / 2.0 ** (emax + 1)
 
 
 def _mx_floor(elem: str) -> float:
-    m, emax, _ = _MX_ELEMENT_PARAMS[elem]
+    m, emax, _ = _element_params(elem)
     return 2.0 ** (_E8M0_MIN_EXP + emax - m - 1)
 
 
@@ -98,8 +102,6 @@ def error_bound(
 
 def tight_mx_bound(x: torch.Tensor, passes: int, *, group: int = 32, elem: str = "e2m1") -> torch.Tensor:
     """The ceil-rule bound in its tight β-form, ``max(β·2^-((m+2)p), E8M0 floor)`` per block ([derived])."""
-    if elem not in _MX_ELEMENT_PARAMS:
-        raise ValueError(f"elem must be one of {tuple(_MX_ELEMENT_PARAMS)}, got {elem!r}")
     m = _group_amax(x, group)
     bound = _beta(m) * _mx_factor(elem, "ceil") ** passes
     return torch.where(m > 0, torch.clamp(bound, min=_mx_floor(elem)), bound)

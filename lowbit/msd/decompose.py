@@ -248,18 +248,20 @@ def _decompose_int8(x: torch.Tensor, passes: int, group_size: int, amax: float |
 def _decompose_mx(x: torch.Tensor, fmt: str, elem: str, passes: int, block: int, scale_rule: str) -> Decomposition:
     from lowbit import formats
 
+    if elem == "e2m1" and block % 2:
+        raise ValueError(f"group (the MX block) must be even for mxfp4 (two E2M1 codes per byte), got {block}")
     k = x.shape[-1]
     xg = grouped(x.detach().to(torch.float64), block)
     finite = torch.isfinite(xg).all(dim=-1)
-    r = torch.where(finite.unsqueeze(-1), xg, 0.0)
+    r = torch.where(finite.unsqueeze(-1), xg, 0.0)  # non-finite blocks: zero components, NaN scales below
     nan = torch.tensor(float("nan"), dtype=torch.float64)
     components, scales = [], []
     for _ in range(passes):
-        flat = ungrouped(r, xg.shape[-2] * block)
-        mx = formats.mx_quantize(flat.to(torch.float32), elem, block=block, axis=-1, scale_rule=scale_rule)
+        # formats works in float64, so the residual is quantized as it is (no intermediate float32 rounding)
+        mx = formats.mx_quantize(ungrouped(r, r.shape[-2] * block), elem, block=block, axis=-1, scale_rule=scale_rule)
         values = mx.element_values().to(torch.float32).reshape(r.shape)
         scale = mx.scales().to(torch.float64).reshape(r.shape[:-1])
-        r = r - values.to(torch.float64) * scale.unsqueeze(-1)
+        r = r - values.to(torch.float64) * scale.unsqueeze(-1)  # exact: a power of two times a short significand
         components.append(ungrouped(values, k).contiguous())
         scales.append(torch.where(finite, scale, nan))
     return Decomposition(fmt, tuple(components), tuple(scales), block, tuple(x.shape), elem, scale_rule)

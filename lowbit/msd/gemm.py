@@ -39,6 +39,24 @@ def _check_int8_pair(a: torch.Tensor, b: torch.Tensor) -> None:
         raise ValueError(f"a [M, K] and b [N, K] must share K, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
 
 
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with canonical row-major strides, size-1 dimensions included.
+
+    ``torch._int_mm`` (torch 2.13 CPU) reads the stride of size-1 dimensions: a ``[1, N]`` operand with strides
+    ``(1, 1)`` (what ``.t()`` of an ``[N, 1]`` tensor gives, and what ``.contiguous()`` keeps) returns wrong
+    numbers. The tests cover these shapes.
+    """
+    expected, step = [], 1
+    for size in reversed(t.shape):
+        expected.append(step)
+        step *= size
+    if tuple(reversed(expected)) == t.stride():
+        return t
+    out = torch.empty(t.shape, dtype=t.dtype)
+    out.copy_(t)
+    return out
+
+
 def int_gemm(a: torch.Tensor, b: torch.Tensor, *, max_chunk: int | None = None) -> torch.Tensor:
     """Exact ``a @ b.T`` for int8 ``a [M, K]`` and ``b [N, K]`` (nn.Linear layout), returned as int64 ``[M, N]``.
 
@@ -60,7 +78,7 @@ def int_gemm(a: torch.Tensor, b: torch.Tensor, *, max_chunk: int | None = None) 
     bt = b.t()
     for start in range(0, k, chunk):
         stop = min(k, start + chunk)
-        out += torch._int_mm(a[:, start:stop].contiguous(), bt[start:stop].contiguous()).to(torch.int64)
+        out += torch._int_mm(_dense(a[:, start:stop]), _dense(bt[start:stop])).to(torch.int64)
     return out
 
 

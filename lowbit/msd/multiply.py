@@ -34,7 +34,6 @@ __all__ = ["METHODS", "dequant_matmul", "matmul", "matmul_error_bound", "matmul_
 
 METHODS = ("msd", "dequant")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_UNIT = {"e2m1": 2.0**-1, "e4m3": 2.0**-9, "e5m2": 2.0**-16}  # smallest subnormal of each MX element
 _U32 = 2.0**-24
 _U64 = 2.0**-53
 
@@ -154,6 +153,13 @@ def _msd_int(d: Decomposition, w: WeightView, accumulate: torch.dtype) -> torch.
     return y
 
 
+def _unit(elem: str) -> float:
+    """The smallest subnormal of an MX element format: every element value is an integer multiple of it."""
+    from lowbit import formats
+
+    return formats.element_format(elem).min_subnormal
+
+
 def _pad_k(t: torch.Tensor, block: int) -> torch.Tensor:
     pad = -t.shape[-1] % block
     return torch.nn.functional.pad(t, (0, pad)) if pad else t
@@ -170,8 +176,8 @@ def _msd_mx(d: Decomposition, w: WeightView, accumulate: torch.dtype) -> torch.T
         _pad_k(w.values, block),
         w.scales,
         block=block,
-        a_unit=_UNIT[d.elem],
-        b_unit=_UNIT[w.elem],
+        a_unit=_unit(d.elem),
+        b_unit=_unit(w.elem),
         accumulate=accumulate,
     )
     y = y.reshape(d.passes, m, -1)

@@ -83,7 +83,13 @@ def weight_view(w_q: Any) -> WeightView:
         if q.dim() != 2:
             raise ValueError(f"w_q must be a 2-D [N, K] weight, got shape {tuple(q.shape)}")
         n, k = q.shape
-        scales, group_size = _as_2d_scales(w_q.scale, n, k)
+        if w_q.granularity == "group":
+            group_size = int(w_q.group_size)
+            scales = w_q.scale.detach().to(torch.float64).reshape(n, -1)
+            if scales.shape[1] != math.ceil(k / group_size):
+                raise ValueError(f"w_q has {scales.shape[1]} scale groups per row for K={k}, group_size={group_size}")
+        else:
+            scales, group_size = _as_2d_scales(w_q.scale, n, k)
         bits = int(getattr(w_q, "bits", 8))
         return WeightView("int", q, scales, group_size, f"int{bits}")
     if isinstance(w_q, formats.MXTensor):
