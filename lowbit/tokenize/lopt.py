@@ -1,0 +1,240 @@
+"""The LoPT merge: overlapping chunks, position-aware matching, enlargement, span-limited fallback.
+
+Reference: ``../shared/papers/lopt.md`` §3 (algorithm) and §4 (consistency argument). The step-by-step rule
+implemented here is our reconstruction [reconstruction]; the paper's text is not available.
+
+Rule. Piece ``i`` covers ``T[s_i, e_i)``; pieces ``i`` and ``i+1`` share the window ``[s_{i+1}, e_i)``. A token
+of piece ``i``'s tail and one of piece ``i+1``'s head *match* iff they have the same id and the same span
+relative to the window start. Tokens of piece ``i`` ending within ``edge`` units of the truncated edge ``e_i``
+and tokens of piece ``i+1`` starting within ``edge`` units of ``s_{i+1}`` (or among its first
+``skip_head_tokens``, for SentencePiece's dummy prefix) are excluded. A run of at least ``min_match_tokens``
+consecutive matches is accepted; the cut is at the start of a token of the run that is not its first and whose
+start differs from its predecessor's (byte tokens splitting one character share a character span). The output
+takes piece ``i`` up to the cut and piece ``i+1`` from it, by index slicing.
+
+A boundary with no accepted run is retried with a larger window: piece ``i`` is extended right and piece
+``i+1`` left by the current window length (the window triples), at most ``max_retries`` times. Boundaries that
+still fail merge their two pieces into one, which is encoded as one sequential call; merging repeats until no
+boundary fails, so the result is identical to sequential encoding in every case the matching rule is sound, and
+the sequential fallback covers only the pieces around the failing boundaries.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lowbit.tokenize.backends import Backend, ChunkEncoding, Piece
+
+RunFn = Callable[[Sequence[Piece]], list[ChunkEncoding]]
+
+
+@dataclass(frozen=True)
+class LoptConfig:
+    """User overrides; ``None`` means chosen automatically from the text length, workers and tokenizer."""
+
+    chunk_chars: int | None = None
+    overlap_chars: int | None = None
+    max_retries: int | None = None
+    min_parallel_chars: int = 32_768
+    min_match_tokens: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("chunk_chars", "overlap_chars"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name}: expected a positive int or None, got {value!r}")
+        if self.max_retries is not None and (not isinstance(self.max_retries, int) or self.max_retries < 0):
+            raise ValueError(f"max_retries: expected an int >= 0 or None, got {self.max_retries!r}")
+        if not isinstance(self.min_parallel_chars, int) or self.min_parallel_chars < 0:
+            raise ValueError(f"min_parallel_chars: expected an int >= 0, got {self.min_parallel_chars!r}")
+        if not isinstance(self.min_match_tokens, int) or self.min_match_tokens < 1:
+            raise ValueError(f"min_match_tokens: expected an int >= 1, got {self.min_match_tokens!r}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The chunking actually used for one text."""
+
+    chunk_chars: int
+    overlap_chars: int
+    max_retries: int
+
+
+@dataclass(frozen=True)
+class MergeStats:
+    """What the merge did: pieces encoded, boundaries retried with a larger window, boundaries merged, and the
+    characters of the merged pieces (the sequential fallback's span)."""
+
+    pieces: int
+    boundaries: int
+    retries: int
+    merges: int
+    fallback_chars: int
+
+
+def make_plan(n: int, workers: int, backend: Backend, config: LoptConfig) -> Plan:
+    """Automatic chunking (lopt.md §6): ``Lc ≈ n / (4·workers)`` within [16K, 1M] chars (64K max for
+    SentencePiece, whose cost is superlinear in the chunk length); overlap at least 64 chars (128 for
+    SentencePiece) and twice the longest added token plus the excluded edges; 3 retry rounds."""
+    special = backend.longest_special_chars()
+    sp = backend.skip_head_tokens > 0
+    auto_overlap = max(128 if sp else 64, 2 * special + 48)
+    overlap = config.overlap_chars or auto_overlap
+    if config.chunk_chars is not None:
+        chunk = config.chunk_chars
+    else:
+        chunk = math.ceil(n / max(1, 4 * workers))
+        chunk = max(16_384, min(chunk, 65_536 if sp else 1 << 20))
+    retries = 3 if config.max_retries is None else config.max_retries
+    return Plan(chunk, overlap, retries)
+
+
+def split_points(n: int, chunk: int, overlap: int) -> list[tuple[int, int]]:
+    """Pieces ``[s_i, e_i)`` with ``s_i = i·chunk`` and ``e_i = min(n, s_{i+1} + overlap)``; the last ends at n."""
+    starts = list(range(0, n, chunk)) or [0]
+    return [(s, min(n, starts[i + 1] + overlap) if i + 1 < len(starts) else n) for i, s in enumerate(starts)]
+
+
+def _window_units(backend: Backend, text: str, start: int, end: int) -> int:
+    if backend.unit == "char":
+        return end - start
+    return len(text[start:end].encode("utf-8", "surrogatepass"))
+
+
+def match_boundary(
+    left: ChunkEncoding, right: ChunkEncoding, window_units: int, backend: Backend, min_match: int
+) -> tuple[int, int] | None:
+    """The cut for one boundary: (tokens kept from the left piece, first token index in the right piece).
+
+    Returns None when no run of ``min_match`` consecutive (start, end, id) matches with a clean anchor exists.
+    """
+    edge = backend.edge_units
+    right_ids = right.ids[: len(right.head_start)]
+    keys: dict[tuple[int, int, int], int] = {}
+    for k in range(backend.skip_head_tokens, len(right_ids)):
+        s = int(right.head_start[k])
+        if s >= edge:
+            keys[(s, int(right.head_end[k]), int(right_ids[k]))] = k
+    if not keys:
+        return None
+    left_ids = left.ids[left.tail_index :]
+    limit = window_units - edge
+    pairs: list[tuple[int, int]] = []
+    for j in range(len(left_ids)):
+        e = int(left.tail_end[j])
+        if e > limit:
+            break
+        k = keys.get((int(left.tail_start[j]), e, int(left_ids[j])))
+        if k is not None:
+            pairs.append((j, k))
+    # Group into runs of consecutive matches in both pieces.
+    runs: list[list[tuple[int, int]]] = []
+    for j, k in pairs:
+        if runs and runs[-1][-1] == (j - 1, k - 1):
+            runs[-1].append((j, k))
+        else:
+            runs.append([(j, k)])
+    for run in sorted((r for r in runs if len(r) >= min_match), key=len, reverse=True):
+        mid = len(run) // 2
+        order = sorted(range(1, len(run)), key=lambda a: abs(a - mid))
+        for a in order:
+            j, k = run[a]
+            if left.tail_start[j] != left.tail_start[j - 1]:
+                return left.tail_index + j, k
+    return None
+
+
+def lossless_encode(
+    text: str, backend: Backend, run: RunFn, plan: Plan, min_match: int = 2
+) -> tuple[np.ndarray, MergeStats]:
+    """Encode ``text`` in overlapping pieces with ``run`` and merge them losslessly (see the module docstring)."""
+    n = len(text)
+    bounds = [list(b) for b in split_points(n, plan.chunk_chars, plan.overlap_chars)]
+    encs: list[ChunkEncoding | None] = [None] * len(bounds)
+    retries = merges = fallback = 0
+    rounds = 0
+    total_pieces = 0
+    while True:
+        todo = [i for i, e in enumerate(encs) if e is None]
+        if todo:
+            pieces = [_piece(text, bounds, i) for i in todo]
+            total_pieces += len(pieces)
+            for i, enc in zip(todo, run(pieces), strict=True):
+                encs[i] = enc
+        cuts: list[tuple[int, int] | None] = []
+        for b in range(len(bounds) - 1):
+            left, right = encs[b], encs[b + 1]
+            assert left is not None and right is not None
+            w = _window_units(backend, text, bounds[b + 1][0], bounds[b][1])
+            cuts.append(match_boundary(left, right, w, backend, min_match))
+        # Cuts must not cross inside a piece (windows of one piece may overlap after enlargement).
+        for b in range(1, len(cuts)):
+            if cuts[b] is not None and cuts[b - 1] is not None and cuts[b - 1][1] > cuts[b][0]:
+                cuts[b] = None
+        failing = [b for b, c in enumerate(cuts) if c is None]
+        if not failing:
+            break
+        if rounds < plan.max_retries:
+            retries += len(failing)
+            merge_set = set()
+            for b in failing:
+                grow = max(plan.overlap_chars, bounds[b][1] - bounds[b + 1][0])
+                new_end = min(n, bounds[b][1] + grow)
+                new_start = max(0, bounds[b + 1][0] - grow)
+                if new_start <= bounds[b][0] or new_end >= bounds[b + 1][1]:
+                    merge_set.add(b)
+                    continue
+                bounds[b][1], bounds[b + 1][0] = new_end, new_start
+                encs[b] = encs[b + 1] = None
+            if merge_set:
+                fallback += _merge(bounds, encs, sorted(merge_set))
+                merges += len(merge_set)
+        else:
+            fallback += _merge(bounds, encs, failing)
+            merges += len(failing)
+        rounds += 1
+    stats = MergeStats(total_pieces, len(bounds) - 1, retries, merges, fallback)
+    parts = []
+    for i, enc in enumerate(encs):
+        assert enc is not None
+        lo = cuts[i - 1][1] if i > 0 else 0
+        hi = cuts[i][0] if i < len(cuts) else len(enc.ids)
+        parts.append(enc.ids[lo:hi])
+    return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)), stats
+
+
+def _piece(text: str, bounds: list[list[int]], i: int) -> Piece:
+    s, e = bounds[i]
+    left = bounds[i - 1][1] - s if i > 0 else 0
+    right = e - bounds[i + 1][0] if i + 1 < len(bounds) else 0
+    return Piece(text[s:e], max(0, left), max(0, right))
+
+
+def _merge(bounds: list[list[int]], encs: list[ChunkEncoding | None], failing: Sequence[int]) -> int:
+    """Merge the two pieces of every failing boundary (consecutive failures collapse into one piece).
+
+    Returns the number of characters in the merged pieces (encoded sequentially from now on)."""
+    fail = set(failing)
+    new_bounds: list[list[int]] = []
+    new_encs: list[ChunkEncoding | None] = []
+    merged_chars = 0
+    i = 0
+    while i < len(bounds):
+        j = i
+        while j in fail:
+            j += 1
+        if j == i:
+            new_bounds.append(bounds[i])
+            new_encs.append(encs[i])
+        else:
+            new_bounds.append([bounds[i][0], bounds[j][1]])
+            new_encs.append(None)
+            merged_chars += bounds[j][1] - bounds[i][0]
+        i = j + 1
+    bounds[:] = new_bounds
+    encs[:] = new_encs
+    return merged_chars

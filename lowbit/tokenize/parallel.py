@@ -1,0 +1,347 @@
+"""``ParallelTokenizer``: lossless parallel tokenization of long texts (LoPT).
+
+Reference: ``../shared/papers/lopt.md``. The contract: ``encode(text)`` equals the wrapped library's own
+sequential call (``Tokenizer.encode(text, add_special_tokens=False).ids``, ``Encoding.encode_ordinary(text)``
+or ``encode(text, allowed_special=...)``, ``SentencePieceProcessor.encode(text)``) token for token.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing import get_all_start_methods, get_context
+from typing import Any, Literal
+
+import numpy as np
+
+from lowbit.tokenize.backends import (
+    ChunkEncoding,
+    FastokensBackend,
+    HFBackend,
+    Piece,
+    SentencePieceBackend,
+    TiktokenBackend,
+    make_backend,
+)
+from lowbit.tokenize.lopt import LoptConfig, MergeStats, Plan, lossless_encode, make_plan
+from lowbit.tokenize.worker import encode_pieces, init_worker
+
+Strategy = Literal["auto", "processes", "threads", "inline", "executor"]
+ProgressFn = Callable[[int, int], None]
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class VerificationError(RuntimeError):
+    """``verify=True`` found a difference between the parallel and the sequential ids."""
+
+
+@dataclass(frozen=True)
+class EncodeStats:
+    """How one text was encoded: ``path`` is "sequential" (below the threshold) or "lopt"."""
+
+    path: str
+    strategy: str
+    backend: str
+    chars: int
+    tokens: int
+    plan: Plan | None
+    merge: MergeStats | None
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+class ParallelTokenizer:
+    """Lossless parallel tokenizer over a persistent worker pool (a context manager).
+
+    ``tokenizer``: a preset name or vocabulary path (see :func:`lowbit.tokenize.load_tokenizer`), a
+    ``LoadedTokenizer``, ``tokenizers.Tokenizer``, ``transformers.PreTrainedTokenizerFast``,
+    ``tiktoken.Encoding`` or ``sentencepiece.SentencePieceProcessor``.
+
+    ``backend``: ``"auto"`` uses fastokens when it is installed and supports the vocabulary (byte-level BPE from a
+    preset, path or ``tokenizers.Tokenizer``), else the library; ``"library"`` never uses fastokens.
+    ``strategy``: ``"auto"`` runs fastokens' multi-threaded batch call in-process and library backends in a
+    persistent process pool (one tokenizer load per worker; ``start_method`` defaults to fork on POSIX, where
+    workers inherit the loaded tokenizer; with spawn, call from under ``if __name__ == "__main__":``); ``"threads"`` uses the library's own batch call;
+    ``"inline"`` encodes the chunks one after another in the caller; ``executor=`` runs chunks on any
+    ``concurrent.futures.Executor`` (e.g. a Dask ``distributed`` client's ``get_executor()``).
+
+    >>> with ParallelTokenizer("cl100k", workers=2) as pt:     # doctest: +SKIP
+    ...     pt.encode("Hello world, tokenization!")
+    [9906, 1917, 11, 4037, 2065, 0]
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        workers: int | None = None,
+        strategy: Strategy = "auto",
+        executor: Executor | None = None,
+        backend: str = "auto",
+        allowed_special: Any = None,
+        chunk_chars: int | None = None,
+        overlap_chars: int | None = None,
+        max_retries: int | None = None,
+        min_parallel_chars: int = 32_768,
+        verify: bool = False,
+        start_method: str | None = None,
+    ) -> None:
+        if workers is None:
+            workers = usable_cores()
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"workers: expected a positive int, got {workers!r}")
+        if strategy not in ("auto", "processes", "threads", "inline", "executor"):
+            raise ValueError(f"strategy: expected auto/processes/threads/inline/executor, got {strategy!r}")
+        if executor is not None and not isinstance(executor, Executor):
+            raise TypeError(f"executor: expected a concurrent.futures.Executor, got {type(executor).__name__}")
+        if strategy == "executor" and executor is None:
+            raise ValueError("executor: strategy='executor' needs executor=...")
+        if not isinstance(verify, bool):
+            raise TypeError(f"verify: expected bool, got {type(verify).__name__}")
+        if executor is not None and backend == "auto":
+            backend = "library"  # fastokens objects cannot travel to other processes
+        self.config = LoptConfig(chunk_chars, overlap_chars, max_retries, min_parallel_chars)
+        self.backend, self.loaded = make_backend(tokenizer, allowed_special=allowed_special, backend=backend)
+        self.workers = workers
+        self.verify = verify
+        self._executor = executor
+        if executor is not None:
+            strategy = "executor"
+        elif strategy == "auto":
+            if isinstance(self.backend, FastokensBackend):
+                strategy = "threads"
+            else:
+                strategy = "processes" if workers > 1 else "inline"
+        if strategy == "processes" and isinstance(self.backend, FastokensBackend):
+            raise ValueError("strategy: the fastokens backend runs in-process; use 'threads' or backend='library'")
+        self.strategy: str = strategy
+        self._pool: ProcessPoolExecutor | None = None
+        self._token = uuid.uuid4().hex
+        self._spec = self.backend.spec() if strategy == "executor" else None
+        self._closed = False
+        if start_method is None:
+            start_method = "fork" if "fork" in get_all_start_methods() else "spawn"
+        if start_method not in get_all_start_methods():
+            raise ValueError(f"start_method: expected one of {get_all_start_methods()}, got {start_method!r}")
+        self._start_method = start_method
+
+    # ---------------------------------------------------------------------------------------------------------
+    # encoding
+    # ---------------------------------------------------------------------------------------------------------
+
+    def encode(
+        self, text: str, *, add_special_tokens: bool = False, on_progress: ProgressFn | None = None
+    ) -> list[int]:
+        """Token ids of ``text``, identical to the library's sequential encode.
+
+        ``add_special_tokens`` adds BOS/EOS or the template's tokens once, after merging.
+        ``on_progress(done_chars, total_chars)`` is called as chunks finish.
+
+        >>> ParallelTokenizer("qwen2", workers=1).encode("Hello world, tokenization!")   # doctest: +SKIP
+        [9707, 1879, 11, 3950, 2022, 0]
+        """
+        return self.encode_to_numpy(text, add_special_tokens=add_special_tokens, on_progress=on_progress).tolist()
+
+    def encode_to_numpy(
+        self, text: str, *, add_special_tokens: bool = False, on_progress: ProgressFn | None = None
+    ) -> np.ndarray:
+        """Like :meth:`encode`, as a ``uint32`` numpy array (no per-token Python objects)."""
+        ids, _ = self.encode_with_stats(text, add_special_tokens=add_special_tokens, on_progress=on_progress)
+        return ids
+
+    def encode_batch(self, texts: Sequence[str], *, add_special_tokens: bool = False) -> list[list[int]]:
+        """:meth:`encode` of every text, in order."""
+        return [a.tolist() for a in self.encode_batch_to_numpy(texts, add_special_tokens=add_special_tokens)]
+
+    def encode_batch_to_numpy(self, texts: Sequence[str], *, add_special_tokens: bool = False) -> list[np.ndarray]:
+        """:meth:`encode_to_numpy` of every text, in order."""
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
+            raise TypeError("texts: expected a sequence of str (use encode() for one text)")
+        return [self.encode_to_numpy(t, add_special_tokens=add_special_tokens) for t in texts]
+
+    def encode_with_stats(
+        self, text: str, *, add_special_tokens: bool = False, on_progress: ProgressFn | None = None
+    ) -> tuple[np.ndarray, EncodeStats]:
+        """:meth:`encode_to_numpy` plus an :class:`EncodeStats` describing how the text was split and merged."""
+        if self._closed:
+            raise ValueError("ParallelTokenizer is closed")
+        text = self._check_text(text)
+        n = len(text)
+        if n < max(self.config.min_parallel_chars, 1) or n == 0:
+            ids = self.backend.encode_ids(text)
+            stats = EncodeStats("sequential", "inline", self.backend.name, n, len(ids), None, None)
+            if on_progress:
+                on_progress(n, n)
+        else:
+            if isinstance(self.backend, TiktokenBackend):
+                self.backend.check_disallowed(text)
+            elif isinstance(self.backend, FastokensBackend) and isinstance(self.backend.ref, TiktokenBackend):
+                self.backend.ref.check_disallowed(text)
+            plan = make_plan(n, self.workers, self.backend, self.config)
+            run = self._runner(n, on_progress)
+            ids, merge = lossless_encode(text, self.backend, run, plan, self.config.min_match_tokens)
+            stats = EncodeStats("lopt", self.strategy, self.backend.name, n, len(ids), plan, merge)
+        if self.verify:
+            self._verify(text, ids)
+        if add_special_tokens:
+            ids = self._add_special(ids)
+        return ids, stats
+
+    # ---------------------------------------------------------------------------------------------------------
+    # lifecycle
+    # ---------------------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Shut the worker pool down (a caller-supplied executor is left running)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._closed = True
+
+    def __enter__(self) -> ParallelTokenizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the own pool's workers (empty before the first parallel call)."""
+        if self._pool is None:
+            return []
+        return sorted(self._pool._processes)  # no public accessor; used for diagnostics and tests
+
+    # ---------------------------------------------------------------------------------------------------------
+    # private
+    # ---------------------------------------------------------------------------------------------------------
+
+    def _check_text(self, text: Any) -> str:
+        if not isinstance(text, str):
+            raise TypeError(f"text: expected str, got {type(text).__name__}")
+        m = _SURROGATE.search(text)
+        if m is not None:
+            if isinstance(self.backend, TiktokenBackend | FastokensBackend) and (
+                not isinstance(self.backend, FastokensBackend) or isinstance(self.backend.ref, TiktokenBackend)
+            ):
+                # tiktoken itself replaces lone surrogates by U+FFFD (via a UTF-16 round trip): do the same once.
+                return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            raise ValueError(
+                f"text: lone surrogate {m.group()!r} at character {m.start()} cannot be encoded as UTF-8; "
+                "clean it first, e.g. text.encode('utf-8', 'replace').decode()"
+            )
+        return text
+
+    def _runner(self, n: int, on_progress: ProgressFn | None) -> Callable[[Sequence[Piece]], list[ChunkEncoding]]:
+        done = [0]
+
+        def report(pieces: Sequence[Piece]) -> None:
+            if on_progress is not None:
+                done[0] = min(n, done[0] + sum(len(p.text) - p.right_window for p in pieces))
+                on_progress(done[0], n)
+
+        if self.strategy in ("threads", "inline"):
+            threads = self.workers if self.strategy == "threads" else 1
+
+            def run_local(pieces: Sequence[Piece]) -> list[ChunkEncoding]:
+                if self.strategy == "inline":
+                    out = []
+                    for p in pieces:
+                        out.extend(self.backend.encode_chunks([p], threads=1))
+                        report([p])
+                    return out
+                group = max(1, 2 * self.workers)
+                out = []
+                for g in range(0, len(pieces), group):
+                    out.extend(self.backend.encode_chunks(pieces[g : g + group], threads=threads))
+                    report(pieces[g : g + group])
+                return out
+
+            return run_local
+
+        def run_remote(pieces: Sequence[Piece]) -> list[ChunkEncoding]:
+            for attempt in range(2):
+                try:
+                    return self._submit_all(pieces, report)
+                except BrokenProcessPool as exc:
+                    if self.strategy != "processes":
+                        raise RuntimeError("a worker of the executor died while encoding") from exc
+                    self._pool = None  # the broken pool is unusable; start a fresh one once
+                    if attempt == 1:
+                        raise RuntimeError(
+                            "lowbit tokenize: a worker process died twice while encoding (out of memory or killed?)"
+                        ) from exc
+            raise AssertionError("unreachable")
+
+        return run_remote
+
+    def _submit_all(self, pieces: Sequence[Piece], report: Callable[[Sequence[Piece]], None]) -> list[ChunkEncoding]:
+        ex = self._executor if self._executor is not None else self._ensure_pool()
+        spec = self._spec if self._executor is not None else None
+        futures: list[Future[list[ChunkEncoding]]] = [ex.submit(encode_pieces, self._token, spec, [p]) for p in pieces]
+        out: list[ChunkEncoding] = []
+        try:
+            for p, f in zip(pieces, futures, strict=True):
+                out.extend(f.result())
+                report([p])
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        return out
+
+    def _ensure_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=get_context(self._start_method),
+                initializer=init_worker,
+                # fork inherits the parent's backend (no reload); spawn/forkserver rebuild it from its spec once.
+                initargs=(self._token, None, self.backend)
+                if self._start_method == "fork"
+                else (self._token, self.backend.spec(), None),
+            )
+        return self._pool
+
+    def _verify(self, text: str, ids: np.ndarray) -> None:
+        ref = np.asarray(self.backend.reference(text), dtype=np.uint32)
+        if len(ref) != len(ids) or not np.array_equal(ref, ids):
+            diff = np.nonzero(ref[: min(len(ref), len(ids))] != ids[: min(len(ref), len(ids))])[0]
+            first = int(diff[0]) if len(diff) else min(len(ref), len(ids))
+            raise VerificationError(
+                f"parallel ids differ from the sequential encode: {len(ids)} vs {len(ref)} tokens, "
+                f"first difference at token {first}"
+            )
+
+    def _add_special(self, ids: np.ndarray) -> np.ndarray:
+        b = self.backend.ref if isinstance(self.backend, FastokensBackend) else self.backend
+        if isinstance(b, HFBackend):
+            probe = "a"
+            plain = b.tok.encode(probe, add_special_tokens=False).ids
+            full = b.tok.encode(probe, add_special_tokens=True).ids
+            for i in range(len(full) - len(plain) + 1):
+                if full[i : i + len(plain)] == plain:
+                    prefix, suffix = full[:i], full[i + len(plain) :]
+                    break
+            else:  # pragma: no cover - a template that rewrites the content
+                raise ValueError("add_special_tokens: this tokenizer's post-processor is not a simple template")
+        elif isinstance(b, SentencePieceBackend):
+            prefix = [b.sp.bos_id()] if b.sp.bos_id() >= 0 else []
+            suffix = []
+        else:
+            raise ValueError("add_special_tokens: tiktoken encodings define no BOS/EOS; add them yourself")
+        return np.concatenate([np.asarray(prefix, np.uint32), ids, np.asarray(suffix, np.uint32)])
