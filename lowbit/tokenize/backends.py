@@ -496,12 +496,13 @@ def _byte_level_lengths(tok: Any) -> np.ndarray | None:
     byte_chars = {chr(b) for b in bs} | {chr(256 + i) for i in range(256 - len(bs))}
     size = tok.get_vocab_size(with_added_tokens=True)
     lens = np.zeros(size, dtype=np.int32)
+    added = tok.get_added_tokens_decoder()
     for token, i in tok.get_vocab(with_added_tokens=False).items():
-        if not all(c in byte_chars for c in token):
+        if i not in added and not all(c in byte_chars for c in token):
             return None
         lens[i] = len(token)
-    for i, added in tok.get_added_tokens_decoder().items():
-        lens[i] = len(added.content.encode("utf-8"))
+    for i, tok_added in added.items():
+        lens[i] = len(tok_added.content.encode("utf-8"))
     return lens
 
 

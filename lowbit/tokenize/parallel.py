@@ -71,10 +71,11 @@ class ParallelTokenizer:
     ``backend``: ``"auto"`` uses fastokens when it is installed and supports the vocabulary (byte-level BPE from a
     preset, path or ``tokenizers.Tokenizer``), else the library; ``"library"`` never uses fastokens.
     ``strategy``: ``"auto"`` runs fastokens' multi-threaded batch call in-process and library backends in a
-    persistent process pool (one tokenizer load per worker; ``start_method`` defaults to fork on POSIX, where
-    workers inherit the loaded tokenizer; with spawn, call from under ``if __name__ == "__main__":``); ``"threads"`` uses the library's own batch call;
-    ``"inline"`` encodes the chunks one after another in the caller; ``executor=`` runs chunks on any
-    ``concurrent.futures.Executor`` (e.g. a Dask ``distributed`` client's ``get_executor()``).
+    persistent process pool, one tokenizer load per worker (``start_method`` defaults to fork on POSIX, where
+    workers inherit the loaded tokenizer; with spawn, call from under ``if __name__ == "__main__":``).
+    ``"threads"`` uses the library's own batch call; ``"inline"`` encodes the chunks one after another in the
+    caller; ``executor=`` runs chunks on any ``concurrent.futures.Executor`` (e.g. a Dask ``distributed``
+    client's ``get_executor()``).
 
     >>> with ParallelTokenizer("cl100k", workers=2) as pt:     # doctest: +SKIP
     ...     pt.encode("Hello world, tokenization!")
