@@ -6,7 +6,8 @@ Every Linear weight of the copy is fake-quantized (``../shared/papers/ais.md`` �
     q = fp8(x / s) · s      (round to nearest even, saturating; f_max = 448 for E4M3, 57344 for E5M2)
 
 and, at the strongest doses, the input of every Linear is quantized the same way per token (dynamic
-scales). Embeddings and LayerNorms stay in float32, as in FP8 serving engines. The copy is rebuilt from
+scales). The rounding is :func:`lowbit.formats.fp8_cast_native` (RNE, saturating). Embeddings and
+LayerNorms stay in float32, as in FP8 serving engines. The copy is rebuilt from
 the trainer's weights at every step (weight sync). Sampling is at temperature 1 over the full vocabulary
 (no top-k/top-p: truncated supports bias every ratio, TRL #6789), and ``log μ`` of each sampled token is
 recorded at sampling time.
@@ -22,12 +23,13 @@ from types import MappingProxyType
 
 import torch
 
+from lowbit.formats import ELEMENT_FORMATS, fp8_cast_native
 from lowbit.rl.model import GPT
 from lowbit.rl.task import EOS
 
 __all__ = ["STRENGTHS", "QuantStrength", "Rollout", "fake_quant", "generate", "quantized_copy"]
 
-_FP8 = {"e4m3": (torch.float8_e4m3fn, 448.0), "e5m2": (torch.float8_e5m2, 57344.0)}
+_FP8 = ("e4m3", "e5m2")
 
 
 @dataclass(frozen=True)
@@ -66,21 +68,15 @@ STRENGTHS: Mapping[str, QuantStrength] = MappingProxyType(
 )
 
 
-def _fp8_round(x: torch.Tensor, element: str) -> torch.Tensor:
-    # torch's float8 casts round to nearest even (bit-exact with ml_dtypes); inputs are pre-scaled into
-    # [-f_max, f_max], so saturation never triggers. To be replaced by lowbit.formats.fp8_cast once committed.
-    dtype, fmax = _FP8[element]
-    return x.clamp(-fmax, fmax).to(dtype).to(x.dtype)
-
-
 def fake_quant(x: torch.Tensor, element: str, *, dim: int | None) -> torch.Tensor:
     """``fp8(x/s)·s`` with ``s = amax/f_max`` taken over ``dim`` (kept) or the whole tensor (``dim=None``)."""
     if element not in _FP8:
         raise ValueError(f"element must be one of {sorted(_FP8)}, got {element!r}")
-    fmax = _FP8[element][1]
+    fmax = ELEMENT_FORMATS[element].max_normal
     amax = x.abs().amax() if dim is None else x.abs().amax(dim=dim, keepdim=True)
     s = torch.where(amax > 0, amax / fmax, torch.ones_like(amax))
-    return _fp8_round(x / s, element) * s
+    # The fast path of lowbit.formats (torch's RNE cast, tested bit-exact against fp8_cast there and here).
+    return fp8_cast_native(x / s, element, saturate=True).to(x.dtype) * s
 
 
 @dataclass(frozen=True)

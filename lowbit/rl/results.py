@@ -1,0 +1,83 @@
+"""Saving and presenting the AIS experiment: atomic ``rl.json`` + ``rl.png`` and the final-table rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TABLE_HEADER", "table_rows", "write_outputs"]
+
+TABLE_HEADER = [
+    "arm",
+    "seeds",
+    "acc fp32 (mean ± sd)",
+    "acc fp8 copy",
+    "reward, last steps",
+    "α, last steps",
+    "ESS/N, last steps",
+    "mean |δ|, last steps",
+    "correction share of step",
+]
+
+
+def _pm(row: Mapping[str, Any], key: str, digits: int = 3) -> str:
+    return f"{row[key]:.{digits}f} ± {row[key + '_sd']:.{digits}f}"
+
+
+def table_rows(table: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+    """Rows for :data:`TABLE_HEADER` from :func:`lowbit.rl.experiment.final_table`."""
+    return [
+        [
+            r["arm"],
+            r["seeds"],
+            _pm(r, "acc_fp32"),
+            _pm(r, "acc_fp8"),
+            _pm(r, "reward_tail"),
+            _pm(r, "alpha_tail"),
+            _pm(r, "ess_tail", 4),
+            _pm(r, "mean_abs_logratio_tail", 4),
+            f"{100 * r['correction_share']:.2f}%",
+        ]
+        for r in table
+    ]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_outputs(payload: Mapping[str, Any], out_dir: Path, *, name: str = "rl") -> list[Path]:
+    """Write ``<name>.json`` (with machine info) and one ``<name>[-<strength>].png`` per dose, each atomically."""
+    from lowbit.report.machine import machine_info
+    from lowbit.rl.plots import curves_figure
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = {"benchmark": name, "machine": machine_info(), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **payload}
+    json_path = out_dir / f"{name}.json"
+    _atomic_write(json_path, json.dumps(data, indent=1, default=str).encode())
+    paths = [json_path]
+    for i, exp in enumerate(payload["experiments"]):
+        import io
+
+        fig = curves_figure(exp)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        png = out_dir / (f"{name}.png" if i == 0 else f"{name}-{exp['config']['strength']}.png")
+        _atomic_write(png, buf.getvalue())
+        paths.append(png)
+    return paths
