@@ -1,0 +1,81 @@
+"""``lowbit attention``: error tables of quantized-KV attention (dequant vs MSD) and AMLA rescaling."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+
+def print_rich_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Print a table with rich; floats to 3 significant digits."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(title), title_justify="left")
+    for h in header:
+        table.add_column(escape(str(h)), overflow="fold")
+    for r in rows:
+        table.add_row(*(escape(f"{c:.3g}" if isinstance(c, float) else str(c)) for c in r))
+    Console(width=200).print(table)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``lowbit attention``."""
+    p = subparsers.add_parser(
+        "attention",
+        help="error tables: quantized-KV attention (dequant vs MSD) and AMLA rescaling vs float64",
+        description="Relative L2 errors against float64 attention. KV table: INT8/MXFP4 caches, dequant vs MSD "
+        "(msd.md §9). AMLA table: DeepSeek-V3 MLA decode, integer-add rescale vs FA-2 multiply (amla.md §6).",
+    )
+    p.add_argument("--table", choices=("kv", "amla", "all"), default="all", help="which table (default all)")
+    p.add_argument("--seqs", type=_int_list, default=[1024, 4096], help="KV table sequence lengths")
+    p.add_argument("--dims", type=_int_list, default=[64, 128], help="KV table head dims")
+    p.add_argument("--gaussian", action="store_true", help="KV table: also keys without outlier channels")
+    p.add_argument("--amla-seqs", type=_int_list, default=[4096], help="AMLA table sequence lengths")
+    p.add_argument("--block-k", type=int, default=512, help="key block size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compute and print the requested tables."""
+    from lowbit.attention.amla_errors import AmlaErrorRow, amla_error_table
+    from lowbit.attention.kv_errors import KVErrorRow, kv_error_table
+
+    out: dict[str, object] = {}
+    if args.table in ("kv", "all"):
+        outliers = (True, False) if args.gaussian else (True,)
+        rows = kv_error_table(args.seqs, args.dims, outliers=outliers, block_k=args.block_k, seed=args.seed)
+        print_rich_table(
+            "Quantized KV cache, decode (8 query / 2 KV heads): rel. L2 vs float64 (total: unquantized K,V; "
+            "method: the dequantized cache)",
+            KVErrorRow.HEADER,
+            [r.cells() for r in rows],
+        )
+        out["kv"] = [asdict(r) for r in rows]
+    if args.table in ("amla", "all"):
+        rows_a = amla_error_table(args.amla_seqs, block_k=args.block_k, seed=args.seed)
+        print_rich_table(
+            "AMLA on DeepSeek-V3 MLA decode (128 heads, 576/512, scale 0.1352): rel. L2",
+            AmlaErrorRow.HEADER,
+            [r.cells() for r in rows_a],
+        )
+        out["amla"] = [asdict(r) for r in rows_a]
+    if args.json is not None:
+        args.json.write_text(json.dumps(out, indent=2))
+    return 0
