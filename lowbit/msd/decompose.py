@@ -85,9 +85,11 @@ class Decomposition:
         """The ``index``-th term ``S_i ⊙ A_i`` in ``dtype`` (each product rounded once to ``dtype``)."""
         return self.expanded_scales(index, dtype) * self.components[index].to(dtype)
 
-    def reconstruct(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``Σ_i S_i ⊙ A_i`` summed in pass order in ``dtype`` (``torch.float32`` or ``torch.float64``).
+    def reconstruct(self, dtype: torch.dtype = torch.float32, *, passes: int | None = None) -> torch.Tensor:
+        """``Σ_{i<passes} S_i ⊙ A_i`` summed in pass order in ``dtype`` (``torch.float32`` or ``torch.float64``).
 
+        ``passes`` (default: all) keeps only the first terms: the first ``q`` components of a ``p``-pass
+        decomposition are exactly the ``q``-pass decomposition, so one call serves every pass count.
         float64 is exact up to one float64 rounding per term, so the error bounds of
         :func:`lowbit.msd.error_bound` are checked against it; float32 models the FP32 recombination of the
         paper and adds up to ``p·2^-24·|x|`` per element (which exceeds the INT8 bound from p = 3 on).
@@ -99,8 +101,11 @@ class Decomposition:
         """
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        count = self.passes if passes is None else passes
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= self.passes:
+            raise ValueError(f"passes must be an int in [1, {self.passes}], got {passes!r}")
         out = self.term(0, dtype)
-        for i in range(1, self.passes):
+        for i in range(1, count):
             out = out + self.term(i, dtype)
         return out
 
