@@ -1,0 +1,71 @@
+"""MXFP4 × MXFP4 products by exact integer emulation on the CPU's INT8 GEMMs (``../shared/papers/msd.md`` §5).
+
+CPUs have no FP4 units. An MX element ``a`` (E2M1: ±{0, .5, 1, 1.5, 2, 3, 4, 6}) in a block with E8M0 scale
+``2^e`` has the value ``c·2^(e-1)`` with the integer ``c = 2a ∈ [-12, 12]``. Products of two blocks then only
+differ by the power of two ``2^(e_a + e_w - 2)``, which a plain GEMM cannot apply per block. [derived] Exact
+"exponent banding" folds the block scales into INT8 integers instead:
+
+    E    = max over the row's non-zero blocks of e,        d = E - e >= 0,       d = 4j + r,  r ∈ {0..3}
+    c'   = c · 2^(3 - r)          ∈ [-96, 96]                (fits int8)
+    value = c' · 2^(E - 4j - 4)                             (band j of the row, scale a power of two)
+
+A row splits into ``B`` bands (``j`` values present), each a full-length INT8 row holding the band's blocks and
+zeros elsewhere, with one power-of-two scale per row and band. Then
+
+    y[m, n] = Σ_{ja, jw} 2^(E_a[m] - 4ja - 4) · 2^(E_w[n] - 4jw - 4) · (A'_ja[m] · W'_jw[n])
+
+where every ``A'·W'`` is an exact INT8×INT8→INT32 dot product (``|·| <= 96·96·K < 2^31`` for K <= 233016). The
+weight bands are stacked along N and prepacked once (their scales folded into the per-channel kernel scale);
+the activation bands (of all passes) are stacked along M, so one INT8 GEMM computes everything. The cost grows
+with ``B_a·B_w`` (data dependent: one band covers a 16× spread of block maxima in a row, typical weights need
+1-2 bands). Memory: the checkpoint stores 4.25 bits/weight; the prepacked compute copy holds ``B_w`` bytes/weight.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["MX_MAX_K", "mx_bands"]
+
+MX_MAX_K = (2**31 - 1) // (96 * 96)
+_BAND_LEVELS = 4  # 12 · 2^3 = 96 <= 127
+
+
+def mx_bands(values: torch.Tensor, scales: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split MX rows into exact INT8 exponent bands (formulas in the module docstring).
+
+    Args:
+        values: ``[R, K]`` unscaled E2M1 element values (float32), K a multiple of ``block``.
+        scales: ``[R, K/block]`` block scales, powers of two (NaN marks a non-finite block: its row is ignored
+            here, zero integers, and the caller makes it NaN).
+        block: the MX block size.
+
+    Returns:
+        ``(ints, band_scale)``: int8 ``[B, R, K]`` and float64 ``[B, R]`` with
+        ``values ⊙ expand(scales) = Σ_j band_scale[j] · ints[j]`` exactly for every finite row.
+    """
+    r, k = values.shape
+    if k % block:
+        raise ValueError(f"K={k} must be a multiple of block={block} (pad the weight)")
+    nb = k // block
+    c = (values.to(torch.float64) * 2).reshape(r, nb, block)
+    if not bool((c == torch.round(c)).all()) or float(c.abs().max() if c.numel() else 0) > 12:
+        raise ValueError("values are not E2M1 element values (2·value must be an integer in [-12, 12])")
+    s = scales.to(torch.float64)
+    usable = torch.isfinite(s) & (s > 0) & (c != 0).any(dim=-1)
+    exponent = torch.frexp(torch.where(usable, s, 1.0)).exponent.to(torch.int64) - 1  # s = 2^exponent
+    big = torch.iinfo(torch.int64).min
+    top = torch.where(usable, exponent, big).amax(dim=1, keepdim=True)
+    top = torch.where(top == big, 0, top)
+    d = torch.where(usable, top - exponent, 0)
+    band = d // _BAND_LEVELS
+    mult = torch.pow(2.0, (_BAND_LEVELS - 1 - d % _BAND_LEVELS).to(torch.float64))
+    present = torch.unique(band[usable]).tolist() if bool(usable.any()) else [0]
+    ints = torch.empty(len(present), r, k, dtype=torch.int8)
+    band_scale = torch.empty(len(present), r, dtype=torch.float64)
+    scaled = (c * mult.unsqueeze(-1)).to(torch.int8)  # |c·2^(3-r)| <= 96
+    for i, j in enumerate(present):
+        keep = (usable & (band == j)).unsqueeze(-1)
+        ints[i] = torch.where(keep, scaled, 0).reshape(r, k)
+        band_scale[i] = torch.pow(2.0, (top[:, 0] - _BAND_LEVELS * j - _BAND_LEVELS).to(torch.float64))
+    return ints, band_scale
