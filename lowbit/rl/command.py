@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--steps", type=int, help="GRPO steps per run")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--out", type=Path, default=Path("rl-results"), help="folder for rl.json and rl.png")
+    p.add_argument("--out", type=Path, default=Path("rl-results"), help="folder for the results (default rl-results)")
+    p.add_argument("--name", default="rl", help="file stem: NAME.json and NAME.png (default rl)")
     p.set_defaults(func=run)
 
 
@@ -67,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         for r in rows:
             print("  ".join(format_cell(c).rjust(w) for c, w in zip(r, widths, strict=True)))
     payload = {"quick": args.quick, "seconds": time.perf_counter() - start, "experiments": experiments}
-    for path in write_outputs(payload, args.out):
+    if not args.name or not args.name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"--name must be letters, digits, '-' or '_', got {args.name!r}")
+    for path in write_outputs(payload, args.out, name=args.name):
         print(f"wrote {path}")
     return 0
