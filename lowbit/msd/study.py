@@ -71,7 +71,7 @@ class Scheme:
         elem = "e2m1" if self.fmt == "mxfp4" else "e4m3"
         f = formats.element_format(elem)
         if self.scale_rule == "ceil":
-            return (f.man_bits + 2) * self.passes
+            return float((f.man_bits + 2) * self.passes)
         c = max(2.0 ** (f.emax + 1) - f.max_normal, 2.0 ** (f.emax - f.man_bits - 1)) / 2.0 ** (f.emax + 1)
         return -math.log2(c) * self.passes
 
@@ -309,14 +309,43 @@ def six_six_search(
     return {"rows": out, "best": best, "matches": matches, "tolerance": tolerance, "across_dists": by_metric}
 
 
-SIX_SIX_EXPLANATION = (
-    "16 (INT8 x2) is the worst-case definition, log2(64516) = 15.98, and 5.24 (MXFP8 x1) is -log2 of the relative "
-    "RMS error (5.23 measured on Gaussian, 5.236 analytic). For two MXFP4 passes the worst case is exactly 6.00 "
-    "(the alpha/64 bound is attained), and -log2 relative RMS gives 6.57 only on uniform data (6.15 Gaussian, "
-    "5.96 Laplace). No candidate definition gives 5.24 and 6.6 on the same distribution within 0.1 bit; the "
-    "closest reading is a mix: MXFP8 measured on Gaussian-like data and MXFP4 x2 on uniform data, or log2(96) = "
-    "6.585 from a range/bound ratio. The 6.6 is therefore reported as not reproduced."
-)
+def mxfp8_analytic_bits(man_bits: int = 3) -> float:
+    """[derived] msd.md §6: ``m + ½·log2(12 / E[1/s²])`` with ``E[1/s²] = 3/(8 ln 2)`` (log-uniform significand)."""
+    return man_bits + 0.5 * math.log2(12 / (3 / (8 * math.log(2))))
+
+
+def explain_six_six(table: Sequence[dict[str, Any]], search: dict[str, Any]) -> str:
+    """A plain-language account of which definition reproduces which headline, built from measured rows."""
+
+    def pick(scheme: str, key: str) -> dict[str, float]:
+        return {r["dist"]: r[key] for r in table if r["scheme"] == scheme}
+
+    int8_worst = pick("int8 x2", "worst")
+    mx8_rms = pick("mxfp8 x1 (ceil)", "rms")
+    mx4_worst = pick("mxfp4 x2 (ceil)", "worst")
+    mx4_rms = pick("mxfp4 x2 (ceil)", "rms")
+
+    def listing(d: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:.2f}" for k, v in d.items())
+
+    best = search["best"]
+    matches = search["matches"]
+    verdict = (
+        f"{len(matches)} (definition, distribution) pairs give both within {search['tolerance']} bit: "
+        + "; ".join(f"{m['metric']} on {m['dist']} ({m['variant']})" for m in matches)
+        if matches
+        else f"no candidate definition gives 5.24 and 6.6 on the same distribution within {search['tolerance']} bit"
+    )
+    return (
+        f"16 (INT8 x2) is the worst-case definition: log2(64516) = {math.log2(64516):.2f}; measured "
+        f"{listing(int8_worst)}. 5.24 (MXFP8 x1) is -log2 relative RMS: analytic {mxfp8_analytic_bits():.3f}, "
+        f"measured {listing(mx8_rms)}. For MXFP4 x2 the worst case is {listing(mx4_worst)} (the alpha/64 bound) "
+        f"and -log2 relative RMS is {listing(mx4_rms)}. Of {len(CANDIDATE_METRICS)} candidate definitions, "
+        f"{verdict}. Closest: {best['metric']} on {best['dist']} ({best['variant']}): MXFP8 {best['mxfp8_x1']:.2f}, "
+        f"MXFP4 x2 {best['mxfp4_x2']:.2f}. The nearest readings mix data (MXFP8 on Gaussian-like data, MXFP4 x2 on "
+        f"uniform data) or use a range/bound ratio such as log2(96) = {math.log2(96):.3f}. 6.6 is reported as not "
+        "reproduced."
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
