@@ -22,8 +22,9 @@ rounding, ``<= 127·2^-24`` in units of ``s_1``, i.e. below 0.4 % of the ``s_p/2
   scale 1 and zero point 128 (``u8 = q + 128``, exact for ``|q| <= 127``); the output is
   ``float32(acc)·s_w[n]``. VNNI ``vpdpbusd`` has no 16-bit intermediate, so ``u8 = 255`` against ``±127`` does
   not saturate (tested with adversarial rows).
-* ``"onednn"``: ``onednn::qlinear_pointwise`` with int8 activations and a weight prepacked by
-  ``onednn::qlinear_prepack``; output ``float32(acc)·s_w[n]``.
+* ``"onednn"``: ``onednn::qlinear_pointwise`` with uint8 activations ``q + 128`` (zero point 128; its int8
+  activation path measured about 100× slower) and a weight prepacked by ``onednn::qlinear_prepack``; output
+  ``float32(acc)·s_w[n]``.
 * ``"int_mm"``: ``torch._int_mm`` (int32 result, no prepack), then ``float32(acc)·s_w[n]``.
 
 **Recombination** in float32: ``y = (Σ_i out_i / 254^(i-1)) / inv + bias``. ``float32(acc)`` rounds relative
@@ -197,18 +198,18 @@ def decompose_int8_fast(x2: torch.Tensor, passes: int, *, round_last: bool) -> t
 
 def int8_gemm(a: torch.Tensor, w: Int8Packed) -> torch.Tensor:
     """``float32(a · qᵀ)·scale`` for ``a [R, K]``: integer-valued float32 (fbgemm; rounded half to even by the
-    kernel when not integral) or int8 (onednn, int_mm). Returns float32 ``[R, N]``."""
+    kernel when not integral), uint8 ``q + 128`` (onednn) or int8 (int_mm). Returns float32 ``[R, N]``."""
     if w.kernel == "fbgemm":
         if a.dtype != torch.float32:
             raise TypeError(f"the fbgemm kernel takes float32 activations, got {a.dtype}")
         return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(a, 1.0, _ZERO_POINT, w.handle)
-    if a.dtype != torch.int8:
-        raise TypeError(f"the {w.kernel} kernel takes int8 activations, got {a.dtype}")
     if w.kernel == "onednn":
+        if a.dtype != torch.uint8:
+            raise TypeError(f"the onednn kernel takes uint8 activations (q + 128), got {a.dtype}")
         return torch.ops.onednn.qlinear_pointwise(
             a,
             1.0,
-            0,
+            _ZERO_POINT,
             w.handle,
             w.scale,
             torch.zeros(w.n, dtype=torch.int64),
@@ -220,6 +221,8 @@ def int8_gemm(a: torch.Tensor, w: Int8Packed) -> torch.Tensor:
             [],
             "",
         )
+    if a.dtype != torch.int8:
+        raise TypeError(f"the int_mm kernel takes int8 activations, got {a.dtype}")
     return torch._int_mm(a, w.handle).to(torch.float32).mul_(w.scale)
 
 
@@ -240,7 +243,9 @@ def msd_int8_linear(
     m = x2.shape[0]
     kernel = weights[0][2].kernel
     buf, inv = decompose_int8_fast(x2, passes, round_last=kernel != "fbgemm")
-    if kernel != "fbgemm":
+    if kernel == "onednn":  # oneDNN's int8-activation path measured ~100x slower than uint8 with a zero point
+        buf = buf.add_(_ZERO_POINT).to(torch.uint8)
+    elif kernel == "int_mm":
         buf = buf.to(torch.int8)
     n = weights[0][2].n
     y: torch.Tensor | None = None

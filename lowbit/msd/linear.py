@@ -211,18 +211,22 @@ class MSDLinear(nn.Module):
     # ----------------------------------------------------------------------------------------------- compute
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [..., in_features]`` (float32/bfloat16/float16 on the CPU) -> ``[..., out_features]`` in x's dtype."""
+        """``x [..., in_features]`` (float32/bfloat16/float16 on the CPU) -> ``[..., out_features]`` in x's dtype.
+
+        Inference only: the MSD path returns a tensor without gradient history.
+        """
         x2 = self._check_input(x)
         if self.config.method == "dequant":
             w = self.dequantized_weight(x.dtype)
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return nn.functional.linear(x, w, bias)
-        x32 = x2.to(torch.float32)
-        if self.config.weight == "int8":
-            stacked = self.stacking_for(x32.shape[0]) == "stacked"
-            y = msd_int8_linear(x32, self._int8, self.config.passes, stacked=stacked, bias=self.bias)
-        else:
-            y = self._mx_forward(x32)
+        x32 = x2.detach().to(torch.float32)  # inference only: integer GEMMs carry no gradient
+        with torch.no_grad():
+            if self.config.weight == "int8":
+                stacked = self.stacking_for(x32.shape[0]) == "stacked"
+                y = msd_int8_linear(x32, self._int8, self.config.passes, stacked=stacked, bias=self.bias)
+            else:
+                y = self._mx_forward(x32)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -286,7 +290,11 @@ class MSDLinear(nn.Module):
         ints, a_scale = mx_bands(values, scales, MX_BLOCK)  # [Ba, p·M, Kp], [Ba, p·M]
         ba = ints.shape[0]
         a = ints.reshape(-1, ints.shape[-1])
-        out = int8_gemm(a.to(torch.float32) if packed.kernel == "fbgemm" else a, packed)  # [Ba·p·M, Bw·N]
+        if packed.kernel == "fbgemm":
+            a = a.to(torch.float32)
+        elif packed.kernel == "onednn":
+            a = (a.to(torch.int16) + 128).to(torch.uint8)
+        out = int8_gemm(a, packed)  # [Ba·p·M, Bw·N]
         out = out.reshape(ba * self.config.passes, m, bw, n).sum(dim=2)
         a_scale = a_scale.reshape(ba * self.config.passes, m, 1)
         in_range = bool(((a_scale == 0) | ((a_scale >= 2.0**-126) & (a_scale <= 2.0**127))).all())

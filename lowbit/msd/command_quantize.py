@@ -1,0 +1,93 @@
+"""``lowbit quantize MODEL_DIR OUT_DIR``: stream a safetensors checkpoint into an MSD-quantized one.
+
+The output loads with ``lowbit.msd.load_quantized(OUT_DIR, model)``. Tensors are read, quantized and written
+one at a time (peak memory near the largest tensor, reported at the end); the output directory appears only
+when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``quantize`` subcommand."""
+    from lowbit.msd.checkpoint import DEFAULT_EXCLUDE
+
+    p = subparsers.add_parser(
+        "quantize",
+        help="quantize a safetensors checkpoint for MSD inference (streams tensor by tensor)",
+        description="Quantize the linear weights of a safetensors checkpoint directory (single file or sharded "
+        "with model.safetensors.index.json) to INT8 or MXFP4 for lowbit MSD layers. The result is written to a "
+        "temporary folder and renamed to OUT_DIR when complete.",
+    )
+    p.add_argument("model_dir", type=Path, help="source directory with model.safetensors or an index and shards")
+    p.add_argument("out_dir", type=Path, help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--weight", choices=("int8", "mxfp4"), default="int8", help="weight format (default int8)")
+    p.add_argument("--method", choices=("msd", "dequant"), default="msd", help="GEMM method stored in the config")
+    p.add_argument("--passes", type=int, default=2, help="activation components for MSD (default 2)")
+    p.add_argument("--group-size", type=int, default=None, help="INT8 weight scale group along K (default per channel)")
+    p.add_argument("--include", default=None, help="regex: quantize only 2-D *.weight tensors whose name matches")
+    p.add_argument("--exclude", default=DEFAULT_EXCLUDE, help="regex: never quantize these (default: embeddings)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _peak_rss_bytes() -> int:
+    """Peak resident set size of this process (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``lowbit quantize``; prints a summary with the peak memory."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from lowbit.msd.checkpoint import _source_files, quantize_checkpoint
+    from lowbit.msd.config import MSDConfig
+
+    config = MSDConfig(weight=args.weight, passes=args.passes, method=args.method, group_size=args.group_size)
+    files, _ = _source_files(args.model_dir)
+    total = sum((args.model_dir / f).stat().st_size for f in files)
+    start_rss = _peak_rss_bytes()
+    start = time.perf_counter()
+    with Progress(
+        TextColumn("[bold]quantize[/bold] {task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        disable=args.no_progress,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("", total=total)
+
+        def advance(name: str, nbytes: int) -> None:
+            progress.update(task, advance=nbytes, description=name[-48:])
+
+        summary = quantize_checkpoint(
+            args.model_dir,
+            args.out_dir,
+            config,
+            include=args.include,
+            exclude=args.exclude,
+            overwrite=args.overwrite,
+            progress=advance,
+        )
+    mib = 1 << 20
+    print(
+        f"quantized {summary.quantized} weights ({config.weight}, method={config.method}), copied {summary.copied} "
+        f"tensors: {summary.bytes_in / mib:.1f} MiB -> {summary.bytes_out / mib:.1f} MiB in "
+        f"{time.perf_counter() - start:.1f} s -> {summary.out_dir}"
+    )
+    print(
+        f"peak RSS {_peak_rss_bytes() / mib:.1f} MiB (at start {start_rss / mib:.1f} MiB; "
+        f"largest tensor {summary.largest_tensor_bytes / mib:.1f} MiB, model {summary.bytes_in / mib:.1f} MiB)"
+    )
+    return 0
