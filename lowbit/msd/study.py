@@ -146,8 +146,12 @@ def bits_table(
 def passes_sweep(
     *, rows: int = 64, k: int = 4096, seed: int = 0, dist: str = "gaussian", max_passes: int = 4
 ) -> list[dict[str, Any]]:
-    """Worst-case and RMS bits and relative L2 against the number of passes for INT8, MXFP4 and MXFP8 (ceil)."""
-    x = activations(dist, (rows, k), seed=seed)
+    """Worst-case and RMS bits and relative L2 against the number of passes for INT8, MXFP4 and MXFP8 (ceil).
+
+    The activations are float32 here, not BF16: BF16 has only 8 significant bits, so two MXFP8 passes would
+    already reconstruct it exactly and the curves would stop.
+    """
+    x = activations(dist, (rows, k), seed=seed, dtype=torch.float32)
     out = []
     for fmt in ("int8", "mxfp4", "mxfp8"):
         d = decompose(x, fmt, passes=max_passes)
