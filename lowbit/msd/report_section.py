@@ -36,6 +36,8 @@ def _passes_figure(sweep: list[dict[str, Any]]) -> Any:
         ax1.plot(p, [r["bound"] for r in rows], "--", color=color, alpha=0.6, label=f"{fmt} bound")
         ax1.plot(p, [r["rms"] for r in rows], "s:", color=color, alpha=0.8, label=f"{fmt} -log2 rel RMS")
         ax2.semilogy(p, [r["rel_l2"] for r in rows], "o-", color=color, label=fmt)
+    for ax in (ax1, ax2):
+        ax.set_xticks(sorted({r["passes"] for r in sweep}))
     ax1.set_xlabel("passes")
     ax1.set_ylabel("effective bits")
     ax1.legend(fontsize=6, ncol=1)
@@ -55,19 +57,23 @@ def _accuracy_figure(rows: list[dict[str, Any]]) -> Any:
     import matplotlib.pyplot as plt
 
     kinds = sorted({r["weight"] for r in rows})
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.8), squeeze=False)
-    for ax, kind in zip(axes[0], kinds, strict=True):
+    fig, axes = plt.subplots(2, len(kinds), figsize=(4.2 * len(kinds), 6.6), squeeze=False)
+    for col, kind in enumerate(kinds):
         sub = [r for r in rows if r["weight"] == kind]
         methods = list(dict.fromkeys(r["method"] for r in sub))
-        for mi, meth in enumerate(methods):
-            pts = [r for r in sub if r["method"] == meth]
-            xs = [DISTRIBUTIONS.index(r["dist"]) + (mi - len(methods) / 2) * 0.12 for r in pts]
-            ax.semilogy(xs, [r["rel_l2_q"] for r in pts], "o", ms=3, label=meth)
-        ax.set_xticks(range(len(DISTRIBUTIONS)), DISTRIBUTIONS, rotation=30, fontsize=7)
-        ax.set_title(kind, fontsize=9)
-        ax.set_ylabel("rel. L2 vs float64, same quantized W")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=6)
+        for row, (key, label) in enumerate(
+            (("rel_l2_q", "rel. L2 vs same quantized W"), ("rel_l2_w", "rel. L2 vs unquantized W"))
+        ):
+            ax = axes[row][col]
+            for mi, meth in enumerate(methods):
+                pts = [r for r in sub if r["method"] == meth]
+                xs = [DISTRIBUTIONS.index(r["dist"]) + (mi - len(methods) / 2) * 0.12 for r in pts]
+                ax.semilogy(xs, [r[key] for r in pts], "o", ms=3, label=meth)
+            ax.set_xticks(range(len(DISTRIBUTIONS)), DISTRIBUTIONS, rotation=30, fontsize=7)
+            ax.set_title(f"{kind}: {label}", fontsize=8)
+            ax.grid(alpha=0.3, which="both")
+            if row == 0:
+                ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
 
@@ -101,7 +107,10 @@ def run(ctx: SectionContext) -> SectionOutput:
         ],
         caption="The 6.6 search: per candidate definition, the distribution closest to each headline",
     )
-    out.figure(_passes_figure(sweep), caption="Error against the number of passes (Gaussian), with the bounds")
+    out.figure(
+        _passes_figure(sweep),
+        caption="Error against the number of passes (Gaussian, float32 activations), with the bounds",
+    )
 
     shapes = _QUICK_SHAPES if ctx.quick else _FULL_SHAPES
     acc = accuracy_study(shapes=shapes, seed=ctx.seed)
