@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         [r["scheme"], r["dist"], r["worst"], r["bound"], r["rms"], r["rel_l2"], r["enob"], r["paper"]] for r in table
     ]
     print(f"MSD effective bits on {args.rows}x{args.k} BF16 activations (seed {args.seed}).")
-    print("worst-case: INT8 log2(M / max|e|) per row; MX -log2(max|e| / alpha) per 32-block, ")
+    print("worst-case: INT8 log2(M / max|e|) per group (row or K-block); MX -log2(max|e| / alpha) per 32-block, ")
     print("alpha = 2^(floor(log2 amax)+1). Paper: 16 (INT8 x2, worst case), 5.24 (MXFP8 x1, rel RMS), 6.6 (MXFP4 x2).")
     _print_table(header, rows)
     if search is not None:

@@ -87,7 +87,7 @@ def run(ctx: SectionContext) -> SectionOutput:
     sweep = passes_sweep(rows=rows, k=k, seed=ctx.seed)
     out.text(
         f"Effective bits of the MSD activation decompositions on {rows}x{k} BF16 activations per distribution. "
-        "Worst case: INT8 log2(M / max|e|) per row, MX -log2(max|e| / alpha) per 32-block with "
+        "Worst case: INT8 log2(M / max|e|) per group (row or K-block), MX -log2(max|e| / alpha) per 32-block with "
         "alpha = 2^(floor(log2 amax)+1); RMS: -log2 of the relative L2 error. Paper: 16 / 6.6 / 5.24."
     )
     out.table(

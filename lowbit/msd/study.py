@@ -46,22 +46,28 @@ class Scheme:
     fmt: str
     passes: int
     scale_rule: str = "ceil"
+    int8_block: int | None = None  # INT8 only: K-block groups instead of one scale per token row
 
     @property
     def label(self) -> str:
-        """E.g. ``"mxfp4 x2 (ceil)"``."""
-        rule = "" if self.fmt == "int8" else f" ({self.scale_rule})"
-        return f"{self.fmt} x{self.passes}{rule}"
+        """E.g. ``"mxfp4 x2 (ceil)"``, ``"int8 x2 (K-block 128)"``."""
+        if self.fmt == "int8":
+            return f"int8 x{self.passes}" + (f" (K-block {self.int8_block})" if self.int8_block else "")
+        return f"{self.fmt} x{self.passes} ({self.scale_rule})"
 
     @property
     def group(self) -> str | int:
-        """Scale group: a token row for INT8, a 32-block for MX."""
-        return "row" if self.fmt == "int8" else 32
+        """Scale group: a token row (or K-block) for INT8, a 32-block for MX."""
+        if self.fmt == "int8":
+            return self.int8_block or "row"
+        return 32
 
     @property
     def paper(self) -> float | None:
         """The paper's figure for this scheme, if it quotes one."""
-        return PAPER_BITS.get((self.fmt, self.passes)) if self.scale_rule == "ceil" else None
+        if self.scale_rule != "ceil" or self.int8_block is not None:
+            return None
+        return PAPER_BITS.get((self.fmt, self.passes))
 
     @property
     def bound_bits(self) -> float:
@@ -80,6 +86,7 @@ SCHEMES = (
     Scheme("int8", 1),
     Scheme("int8", 2),
     Scheme("int8", 3),
+    Scheme("int8", 2, int8_block=128),
     Scheme("mxfp4", 1),
     Scheme("mxfp4", 2),
     Scheme("mxfp4", 3),
@@ -92,13 +99,14 @@ SCHEMES = (
 def _reconstructions(x: torch.Tensor, schemes: Sequence[Scheme]) -> dict[Scheme, torch.Tensor]:
     """float64 reconstructions, decomposing once per (format, rule) with the largest pass count."""
     out: dict[Scheme, torch.Tensor] = {}
-    families: dict[tuple[str, str], int] = {}
+    families: dict[tuple[str, str, str | int], int] = {}
     for s in schemes:
-        families[(s.fmt, s.scale_rule)] = max(families.get((s.fmt, s.scale_rule), 0), s.passes)
-    for (fmt, rule), most in families.items():
-        d = decompose(x, fmt, passes=most, scale_rule=rule)
+        key = (s.fmt, s.scale_rule, s.group)
+        families[key] = max(families.get(key, 0), s.passes)
+    for (fmt, rule, group), most in families.items():
+        d = decompose(x, fmt, passes=most, scale_rule=rule, group=group)
         for s in schemes:
-            if (s.fmt, s.scale_rule) == (fmt, rule):
+            if (s.fmt, s.scale_rule, s.group) == (fmt, rule, group):
                 out[s] = d.reconstruct(torch.float64, passes=s.passes)
     return out
 
