@@ -17,6 +17,7 @@ The reference each backend must equal (and that ``reference`` calls directly):
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import os
 import re
@@ -28,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lowbit.tokenize.presets import LoadedTokenizer, _read_tiktoken_ranks
+from lowbit.tokenize.presets import LoadedTokenizer
 
 Unit = Literal["char", "byte"]
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -433,10 +434,7 @@ class FastokensBackend(Backend):
                 path = loaded.path
                 if path.suffix == ".gz":  # fastokens reads plain .tiktoken files only
                     plain = Path(tmp) / path.name.removesuffix(".gz")
-                    ranks = _read_tiktoken_ranks(path)
-                    import base64
-
-                    plain.write_bytes(b"".join(base64.b64encode(t) + b" %d\n" % r for t, r in ranks.items()))
+                    plain.write_bytes(gzip.decompress(path.read_bytes()))
                     path = plain
                 fast = fastokens.Tokenizer.from_tiktoken(
                     str(path), pattern=loaded.pattern, special_tokens=loaded.special_tokens or {}

