@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="FP8 dose(s); several = a dose sweep, the first is the main one (default e5m2-tensor-act)",
     )
     p.add_argument("--steps", type=int, help="GRPO steps per run")
+    p.add_argument("--lr", type=float, help="Adam learning rate of GRPO (default 5e-4)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", type=Path, default=Path("rl-results"), help="folder for the results (default rl-results)")
     p.add_argument("--name", default="rl", help="file stem: NAME.json and NAME.png (default rl)")
@@ -43,6 +44,10 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         overrides["seeds"] = args.seeds
     if args.steps is not None:
         overrides["rl_steps"] = args.steps
+    if args.lr is not None:
+        if not args.lr > 0:
+            raise ValueError(f"--lr must be > 0, got {args.lr}")
+        overrides["lr"] = args.lr
     return replace(cfg, **overrides)
 
 
