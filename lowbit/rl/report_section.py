@@ -1,8 +1,9 @@
 """Report section ``rl``: the AIS experiment (reward/accuracy/α/ESS curves per arm and the final table).
 
 Quick mode runs :func:`~lowbit.rl.experiment.quick_config` live (about 30 s); full mode runs the full
-experiment. Either way, the saved full run in ``benchmarks/results/rl.json`` (written by ``lowbit rl`` /
-``benchmarks/bench_rl.py``) is shown too when present, labelled with the date it was written.
+experiment. Either way, the saved full runs in ``benchmarks/results/rl*.json`` (written by ``lowbit rl`` /
+``benchmarks/bench_rl.py``: ``rl.json`` the main run, others e.g. a dose sweep) are shown too when
+present, labelled with their file name and the date they were written.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from typing import Any
 
 from lowbit.report.section import Section, SectionContext, SectionOutput
 
-_SAVED = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "rl.json"
+_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
+def _saved_runs() -> list[Path]:
+    """``rl.json`` first, then the other ``rl*.json`` files that hold experiments."""
+    paths = sorted(_RESULTS.glob("rl*.json"), key=lambda p: (p.name != "rl.json", p.name))
+    return [p for p in paths if "experiments" in json.loads(p.read_text())]
 
 
 _SUMMARY_KEYS = (
@@ -32,6 +39,7 @@ def _summary(exp: dict[str, Any]) -> dict[str, Any]:
         "strength": exp["config"]["strength"],
         "seeds": exp["config"]["seeds"],
         "rl_steps": exp["config"]["rl_steps"],
+        "lr": exp["config"]["lr"],
         "arms": {r["arm"]: {k: r[k] for k in _SUMMARY_KEYS} for r in exp["table"]},
     }
 
@@ -71,13 +79,15 @@ def run(ctx: SectionContext) -> SectionOutput:
     exp = run_experiment(cfg)
     _show(out, exp, "quick run (live)" if ctx.quick else "full run (live)")
     out.summary["live"] = _summary(exp)
-    if _SAVED.exists():
-        saved = json.loads(_SAVED.read_text())
-        for i, sexp in enumerate(saved.get("experiments", [])):
-            _show(out, sexp, f"saved full run {i + 1} ({saved.get('written', '?')})")
-        out.summary["saved"] = [_summary(e) for e in saved.get("experiments", [])]
-    else:
-        out.text(f"No saved full run at {_SAVED}; run `lowbit rl --out benchmarks/results` to create it.")
+    saved_paths = _saved_runs() if _RESULTS.is_dir() else []
+    for path in saved_paths:
+        saved = json.loads(path.read_text())
+        for sexp in saved["experiments"]:
+            lr = sexp["config"]["lr"]
+            _show(out, sexp, f"saved run {path.name} (lr {lr:g}, written {saved.get('written', '?')})")
+        out.summary[f"saved:{path.name}"] = [_summary(e) for e in saved["experiments"]]
+    if not saved_paths:
+        out.text(f"No saved full run in {_RESULTS}; run `lowbit rl --out benchmarks/results` to create one.")
     return out
 
 
