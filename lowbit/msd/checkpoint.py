@@ -56,7 +56,7 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 DEFAULT_EXCLUDE = r"(^|\.)(embed_tokens|embeddings?|wte|wpe|word_embeddings|position_embeddings)\."
 _HASH_CHUNK = 1 << 24
-_ROW_CHUNK_ELEMENTS = 1 << 22  # rows quantized at a time in the streaming path (identical bytes: rows independent)
+_ROW_CHUNK_ELEMENTS = 1 << 20  # rows quantized at a time in the streaming path (identical bytes: rows independent)
 
 _ST_DTYPES = {
     torch.float64: "F64",
@@ -410,11 +410,7 @@ def quantize_checkpoint(
     files, weight_map = _source_files(model_dir)
     headers: dict[str, dict[str, tuple[tuple[int, ...], torch.dtype]]] = {}
     for fname in files:
-        with _open_safetensors(model_dir / fname) as f:
-            headers[fname] = {}
-            for key in f.keys():
-                sl = f.get_slice(key)
-                headers[fname][key] = (tuple(sl.get_shape()), _dtype_from_st(sl.get_dtype(), model_dir / fname, key))
+        headers[fname] = {key: (e.shape, e.dtype) for key, e in _read_header(model_dir / fname).items()}
     if weight_map is not None:
         for key, fname in weight_map.items():
             if key not in headers[fname]:
@@ -485,7 +481,7 @@ class _Producer:
         routes: dict[str, tuple[str, str]],
     ):
         self.routes = routes
-        self.f = _open_safetensors(path)
+        self.entries = _read_header(path)
         self.path = path
         self.config = config
         self.counts = counts
@@ -494,10 +490,7 @@ class _Producer:
         self._cache: dict[str, torch.Tensor] = {}
 
     def _load(self, key: str) -> torch.Tensor:
-        try:
-            t = self.f.get_tensor(key)
-        except Exception as exc:
-            raise ValueError(f"cannot read tensor {key!r} from {self.path} (truncated or corrupted?): {exc}") from exc
+        t = _read_tensor(self.path, self.entries[key])
         nbytes = t.numel() * t.element_size()
         self.counts["in"] += nbytes
         self.counts["largest"] = max(self.counts["largest"], nbytes)
@@ -547,3 +540,68 @@ def _dtype_from_st(code: str, path: Path, key: str) -> torch.dtype:
         if name == code:
             return dtype
     raise ValueError(f"tensor {key!r} in {path} has dtype {code}, which lowbit quantize does not handle")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # absolute file offset of the first byte
+    nbytes: int
+
+
+def _read_header(path: Path) -> dict[str, _Entry]:
+    """Parse and validate a safetensors header without mapping the data (plain reads keep RSS low).
+
+    Checks: the 8-byte length, valid JSON, known dtypes, ``data_offsets`` matching shape × itemsize, and a file
+    long enough for every tensor (a truncated file is reported here, before anything is written).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"safetensors file {path} is missing")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise ValueError(f"{path} is truncated: {size} bytes, shorter than the 8-byte safetensors header length")
+        (n,) = struct.unpack("<Q", raw)
+        if n > size - 8:
+            raise ValueError(f"{path} is truncated or corrupted: header length {n} exceeds the file size {size}")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path} is corrupted: its safetensors header is not valid JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} is corrupted: the safetensors header is not a JSON object")
+    entries = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _dtype_from_st(info["dtype"], path, name)
+            shape = tuple(int(d) for d in info["shape"])
+            begin, end = (int(v) for v in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path} is corrupted: bad header entry for {name!r} ({exc})") from exc
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if end - begin != nbytes or begin < 0:
+            raise ValueError(f"{path} is corrupted: tensor {name!r} has {end - begin} bytes for shape {shape} {dtype}")
+        if 8 + n + end > size:
+            raise ValueError(
+                f"{path} is truncated: tensor {name!r} ends at byte {8 + n + end} but the file has {size} bytes"
+            )
+        entries[name] = _Entry(name, dtype, shape, 8 + n + begin, nbytes)
+    return entries
+
+
+def _read_tensor(path: Path, e: _Entry) -> torch.Tensor:
+    """Read one tensor with ordinary file reads (one copy, no memory map)."""
+    buf = bytearray(e.nbytes)
+    with open(path, "rb") as f:
+        f.seek(e.start)
+        got = f.readinto(buf)
+    if got != e.nbytes:
+        raise ValueError(f"{path} is truncated: tensor {e.name!r} needs {e.nbytes} bytes, read {got}")
+    if not e.nbytes:
+        return torch.empty(e.shape, dtype=e.dtype)
+    return torch.frombuffer(buf, dtype=e.dtype).reshape(e.shape)

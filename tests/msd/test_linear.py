@@ -1,0 +1,158 @@
+"""MSDLinear and MSDConfig: fast path against the float64 reference, dtypes, shapes, errors, state_dict."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lowbit import formats
+from lowbit.msd import matmul, matmul_error_bound, matmul_reference
+from lowbit.msd.config import MSDConfig
+from lowbit.msd.kernels import available_int8_kernels
+from lowbit.msd.linear import MSDLinear
+
+
+def _linear(k: int, n: int, seed: int, bias: bool = True) -> nn.Linear:
+    torch.manual_seed(seed)
+    lin = nn.Linear(k, n, bias=bias)
+    with torch.no_grad():
+        lin.weight.normal_(0, 0.02)
+    return lin
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+@pytest.mark.parametrize("kernel", available_int8_kernels())
+def test_int8_msd_matches_reference_within_bound(kernel: str) -> None:
+    lin = _linear(320, 48, 0, bias=False)
+    layer = MSDLinear.from_linear(lin, MSDConfig(kernel=kernel))
+    x = torch.randn(2, 7, 320)
+    y = layer(x)
+    assert y.shape == (2, 7, 48) and y.dtype == torch.float32
+    wq = layer.weight_quantized()
+    exact = matmul_reference(x, wq)
+    bound = matmul_error_bound(x, wq, passes=2)
+    assert ((y.double() - exact).abs() <= bound * 1.01 + 1e-30).all()
+    assert _rel(y, layer.reference_forward(x)) < 1e-5  # the float64 reference MSD, same decomposition rule
+
+
+def test_int8_weights_are_formats_quantize_int() -> None:
+    lin = _linear(64, 16, 1)
+    layer = MSDLinear.from_linear(lin, MSDConfig())
+    ref = formats.quantize_int(lin.weight.detach(), 8, "channel")
+    assert torch.equal(layer.qweight, ref.q)
+    assert torch.equal(layer.weight_scale, ref.scale.reshape(16, 1))
+    assert torch.equal(layer.bias, lin.bias.detach())
+
+
+def test_int8_groups_match_reference() -> None:
+    lin = _linear(256, 24, 2)
+    layer = MSDLinear.from_linear(lin, MSDConfig(group_size=64))
+    assert layer.weight_scale.shape == (24, 4)
+    x = torch.randn(5, 256)
+    wq = layer.weight_quantized()
+    bound = matmul_error_bound(x, wq, passes=2) + 1e-6 * lin.bias.detach().abs().max()
+    assert ((layer(x).double() - matmul_reference(x, wq) - lin.bias.detach().double()).abs() <= bound * 1.01).all()
+
+
+def test_mxfp4_msd_matches_reference_msd() -> None:
+    lin = _linear(200, 40, 3)  # K not a multiple of 32: padded blocks
+    layer = MSDLinear.from_linear(lin, MSDConfig(weight="mxfp4"))
+    x = torch.randn(6, 200)
+    x[2, :32] *= 1e-6  # a block far below the row maximum: several exponent bands
+    y = layer(x)
+    ref = matmul(x, layer.weight_quantized(), passes=2, accumulate=torch.float64) + lin.bias.detach().double()
+    assert _rel(y, ref) < 1e-6
+    assert _rel(y, layer.reference_forward(x)) < 1e-6
+    exact = matmul_reference(x, layer.weight_quantized()) + lin.bias.detach().double()
+    assert _rel(y, exact) < 0.05  # two MXFP4 activation passes (msd.md §8: about 1.4e-2)
+
+
+def test_mxfp4_storage_is_4_25_bits_per_weight() -> None:
+    layer = MSDLinear.from_linear(_linear(256, 64, 4, bias=False), MSDConfig(weight="mxfp4"))
+    assert layer.memory_bytes()["stored"] * 8 == 64 * 256 * 4.25
+
+
+@pytest.mark.parametrize("weight", ["int8", "mxfp4"])
+def test_dequant_method_is_the_exact_dequantized_product(weight: str) -> None:
+    lin = _linear(128, 32, 5)
+    layer = MSDLinear.from_linear(lin, MSDConfig(weight=weight, method="dequant"))
+    x = torch.randn(3, 128)
+    assert layer.kernel == "dequant"
+    assert _rel(layer(x), layer.reference_forward(x)) < 1e-6
+    yb = layer(x.to(torch.bfloat16))
+    assert yb.dtype == torch.bfloat16
+
+
+def test_bfloat16_input_returns_bfloat16() -> None:
+    layer = MSDLinear.from_linear(_linear(64, 8, 6), MSDConfig())
+    x = torch.randn(4, 64).to(torch.bfloat16)
+    y = layer(x)
+    assert y.dtype == torch.bfloat16
+    assert _rel(y.float(), layer.reference_forward(x).float()) < 1e-2
+
+
+def test_state_dict_round_trip_rebuilds_the_kernels() -> None:
+    for cfg in (MSDConfig(), MSDConfig(weight="mxfp4"), MSDConfig(group_size=32)):
+        layer = MSDLinear.from_linear(_linear(64, 8, 7), cfg)
+        fresh = MSDLinear(64, 8, bias=True, config=cfg)
+        fresh.load_state_dict(layer.state_dict())
+        x = torch.randn(3, 64)
+        assert torch.equal(fresh(x), layer(x))
+
+
+def test_tune_records_a_plan_and_keeps_outputs() -> None:
+    layer = MSDLinear.from_linear(_linear(128, 64, 8), MSDConfig())
+    x = torch.randn(8, 128)
+    before = layer(x)
+    timings = layer.tune((1, 8), repeats=1)
+    assert set(timings) == {1, 8} and set(layer.plan) == {1, 8}
+    assert layer.stacking_for(8) in ("stacked", "split")
+    assert torch.equal(layer(x), before)
+    assert MSDLinear.from_linear(_linear(8, 8, 0), MSDConfig(stacking="split")).stacking_for(1) == "split"
+
+
+def test_bad_input_raises() -> None:
+    layer = MSDLinear.from_linear(_linear(64, 8, 9), MSDConfig())
+    with pytest.raises(ValueError, match="in_features=64"):
+        layer(torch.randn(2, 63))
+    with pytest.raises(TypeError, match="floating"):
+        layer(torch.ones(2, 64, dtype=torch.int64))
+    with pytest.raises(TypeError, match=r"nn\.Linear"):
+        MSDLinear.from_linear(nn.Conv1d(2, 2, 1), MSDConfig())
+    with pytest.raises(ValueError, match="group_size"):
+        MSDLinear(64, 8, config=MSDConfig(group_size=48))
+    with pytest.raises(ValueError, match="NaN"):
+        bad = _linear(64, 8, 0)
+        with torch.no_grad():
+            bad.weight[0, 0] = float("nan")
+        MSDLinear.from_linear(bad, MSDConfig())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"weight": "int4"}, "weight"),
+        ({"method": "fast"}, "method"),
+        ({"passes": 0}, "passes"),
+        ({"passes": True}, "passes"),
+        ({"group_size": 0}, "group_size"),
+        ({"weight": "mxfp4", "group_size": 32}, "group_size"),
+        ({"kernel": "cuda"}, "kernel"),
+        ({"stacking": "both"}, "stacking"),
+        ({"act_scale_rule": "floor"}, "act_scale_rule"),
+    ],
+)
+def test_config_validation(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        MSDConfig(**kwargs)
+
+
+def test_config_dict_round_trip() -> None:
+    cfg = MSDConfig(weight="mxfp4", passes=3, method="dequant")
+    assert MSDConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        MSDConfig.from_dict({**cfg.to_dict(), "speed": "max"})
