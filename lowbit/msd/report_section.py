@@ -161,6 +161,7 @@ def run(ctx: SectionContext) -> SectionOutput:
         "mxfp4_x2_ocp_worst_bits": min(r["worst"] for r in table if r["scheme"] == "mxfp4 x2 (ocp)"),
         "six_six_same_data_matches": len(search["matches"]),
         "six_six_best": search["best"],
+        "six_six_per_element_model": search["per_element_model"],
         "accuracy": summary,
     }
     return out

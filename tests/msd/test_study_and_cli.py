@@ -56,6 +56,12 @@ def test_six_six_search_reports_rows_and_a_best_match():
     assert "6.6" in text and "15.98" in text
 
 
+def test_per_element_model_gives_the_analytic_5_24():
+    model = study.per_element_model(n=20_000, seed=3)
+    assert model["mxfp8 x1 (ceil)"] == pytest.approx(study.mxfp8_analytic_bits(), abs=0.03)
+    assert 6.5 < model["mxfp4 x2 (ceil)"] < 6.8  # the nearest reading of the paper's 6.6 (6.67 at n = 1e6)
+
+
 def test_accuracy_study_rows_and_summary():
     rows = study.accuracy_study(shapes=((2, 256, 16),), dists=("gaussian", "outlier"))
     assert {r["weight"] for r in rows} == set(study.WEIGHT_KINDS)
