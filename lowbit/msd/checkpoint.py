@@ -250,6 +250,7 @@ def load_quantized(directory: str | os.PathLike[str], model: nn.Module, *, verif
             raise ValueError(f"tied tensor {name!r} refers to {source!r}, which the checkpoint lacks")
         state[name] = state[source]
     expected = model.state_dict()
+    _fill_tied(expected, state)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -264,6 +265,20 @@ def load_quantized(directory: str | os.PathLike[str], model: nn.Module, *, verif
             )
     model.load_state_dict(state, strict=True)
     return model
+
+
+def _fill_tied(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
+    """A tensor the checkpoint omits because the model ties it to one it holds (e.g. ``lm_head.weight`` tied to
+    the embedding in a Hugging Face checkpoint) is filled from that one; anything else stays missing."""
+    by_storage: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    for key, t in expected.items():
+        if key in state and t.numel():
+            by_storage[(t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))] = key
+    for key, t in expected.items():
+        if key not in state and t.numel():
+            source = by_storage.get((t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)))
+            if source is not None:
+                state[key] = state[source]
 
 
 def _layer_entry(m: MSDLinear) -> dict[str, Any]:
@@ -374,7 +389,7 @@ def _check_config(model_dir: Path, shapes: dict[str, tuple[int, ...]]) -> None:
             problems.append(f"vocab_size={cfg['vocab_size']} but the embedding has {vocab} rows")
         if "hidden_size" in cfg and cfg["hidden_size"] != hidden:
             problems.append(f"hidden_size={cfg['hidden_size']} but the embedding has {hidden} columns")
-    layer_ids = {int(m.group(1)) for n in shapes if (m := re.search(r"\.layers\.(\d+)\.", n))}
+    layer_ids = {int(m.group(2)) for n in shapes if (m := re.search(r"(^|\.)(?:layers|h)\.(\d+)\.", n))}
     if "num_hidden_layers" in cfg and layer_ids and max(layer_ids) + 1 != cfg["num_hidden_layers"]:
         problems.append(
             f"num_hidden_layers={cfg['num_hidden_layers']} but the tensors hold {max(layer_ids) + 1} layers"
@@ -429,27 +444,26 @@ def quantize_checkpoint(
         )
 
     layers: dict[str, Any] = {}
+    for key, shape in shapes.items():
+        if selected(key, shape):
+            n, k = shape
+            if config.weight == "int8" and config.group_size is not None and k % config.group_size:
+                raise ValueError(f"group_size={config.group_size} does not divide K={k} of {key!r}")
+            layers[key[: -len(".weight")]] = {"config": config.to_dict(), "in_features": k, "out_features": n}
+    for layer, entry in layers.items():
+        entry["bias"] = len(shapes.get(f"{layer}.bias", ())) == 1
     file_sha: dict[str, str] = {}
     new_map: dict[str, str] = {}
     counts = {"quantized": 0, "copied": 0, "in": 0, "out": 0, "largest": 0}
     with _atomic_dir(out_dir, overwrite) as tmp:
         for fname in files:
             plan: list[tuple[_Spec, str, str]] = []  # (output spec, source key, role)
-            for key, (shape, _dtype) in headers[fname].items():
-                if selected(key, shape):
-                    layer = key[: -len(".weight")]
-                    n, k = shape
-                    for buf, (bshape, bdtype) in quantized_shapes(n, k, config).items():
-                        plan.append((_Spec(f"{layer}.{buf}", bdtype, bshape), key, buf))
-                    layers[layer] = {"config": config.to_dict(), "in_features": k, "out_features": n, "bias": False}
-                    if config.weight == "int8" and config.group_size is not None and k % config.group_size:
-                        raise ValueError(f"group_size={config.group_size} does not divide K={k} of {key!r}")
             for key, (shape, dtype) in headers[fname].items():
                 if selected(key, shape):
-                    continue
-                layer = key[: -len(".bias")] if key.endswith(".bias") else None
-                if layer is not None and layer in layers and len(shape) == 1:
-                    layers[layer]["bias"] = True
+                    n, k = shape
+                    for buf, (bshape, bdtype) in quantized_shapes(n, k, config).items():
+                        plan.append((_Spec(f"{key[: -len('.weight')]}.{buf}", bdtype, bshape), key, buf))
+                elif key.endswith(".bias") and layers.get(key[: -len(".bias")], {}).get("bias"):
                     plan.append((_Spec(key, torch.float32, shape), key, "bias"))
                 else:
                     plan.append((_Spec(key, dtype, shape), key, "copy"))
