@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from lowbit import formats
 from lowbit.msd.decompose import _decompose_args, grouped
 
 __all__ = ["error_bound", "mx_alpha", "tight_mx_bound"]
@@ -32,8 +33,6 @@ _E8M0_MIN_EXP = -127  # OCP MX v1.0 §5.4: E8M0 codes 0..254 are 2^-127..2^127
 
 def _element_params(elem: str) -> tuple[int, int, float]:
     """(mantissa bits, emax, max normal) of an MX element format, from ``lowbit.formats.ELEMENT_FORMATS``."""
-    from lowbit import formats
-
     f = formats.element_format(elem)
     return f.man_bits, f.emax, f.max_normal
 

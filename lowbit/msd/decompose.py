@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lowbit import formats
+
 __all__ = ["FORMATS", "Decomposition", "decompose"]
 
 FORMATS = ("int8", "mxfp4", "mxfp8")
@@ -251,8 +253,6 @@ def _decompose_int8(x: torch.Tensor, passes: int, group_size: int, amax: float |
 
 
 def _decompose_mx(x: torch.Tensor, fmt: str, elem: str, passes: int, block: int, scale_rule: str) -> Decomposition:
-    from lowbit import formats
-
     if elem == "e2m1" and block % 2:
         raise ValueError(f"group (the MX block) must be even for mxfp4 (two E2M1 codes per byte), got {block}")
     k = x.shape[-1]
@@ -266,7 +266,7 @@ def _decompose_mx(x: torch.Tensor, fmt: str, elem: str, passes: int, block: int,
         mx = formats.mx_quantize(ungrouped(r, r.shape[-2] * block), elem, block=block, axis=-1, scale_rule=scale_rule)
         values = mx.element_values().to(torch.float32).reshape(r.shape)
         scale = mx.scales().to(torch.float64).reshape(r.shape[:-1])
-        r = r - values.to(torch.float64) * scale.unsqueeze(-1)  # exact: a power of two times a short significand
+        r = r - values.to(torch.float64) * scale.unsqueeze(-1)  # exact for float32/bf16 inputs (short operands)
         components.append(ungrouped(values, k).contiguous())
         scales.append(torch.where(finite, scale, nan))
     return Decomposition(fmt, tuple(components), tuple(scales), block, tuple(x.shape), elem, scale_rule)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from lowbit import formats
 from lowbit.msd.bounds import error_bound
 from lowbit.msd.decompose import Decomposition, decompose
 from lowbit.msd.gemm import int_gemm, mx_block_gemm
@@ -155,8 +156,6 @@ def _msd_int(d: Decomposition, w: WeightView, accumulate: torch.dtype) -> torch.
 
 def _unit(elem: str) -> float:
     """The smallest subnormal of an MX element format: every element value is an integer multiple of it."""
-    from lowbit import formats
-
     return formats.element_format(elem).min_subnormal
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from lowbit import formats
+
 __all__ = ["WeightView", "weight_view"]
 
 
@@ -74,8 +76,6 @@ def weight_view(w_q: Any) -> WeightView:
     """
     if isinstance(w_q, WeightView):
         return w_q
-    from lowbit import formats
-
     if isinstance(w_q, formats.IntQuantized):
         q = w_q.q
         if q.dtype != torch.int8:
