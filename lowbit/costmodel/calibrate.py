@@ -8,12 +8,14 @@ Measured paths (../shared/papers/msd.md §11 "CPU paths"):
 * ``fp32``: ``torch.matmul`` float32;
 * ``bf16``: ``torch.matmul`` bfloat16;
 * ``int8_mm``: ``torch._int_mm`` int8 x int8 -> int32 (exact, no prepack);
-* ``int8_prepacked``: ``torch.ops.quantized.linear`` u8 x s8 on the ``x86`` engine with a prepacked weight,
-  when it runs (the ``onednn`` engine segfaulted in the notes' run, so it is never tried).
+* ``int8_prepacked``: the prepacked fbgemm INT8 GEMM that ``lowbit.msd.MSDLinear`` runs
+  (``quantized::linear_with_input_q_dq_qweight_dq_output_fp32`` via :mod:`lowbit.msd.kernels`), when this torch
+  build has it (the ``onednn`` engine segfaulted in the notes' run, so it is never tried).
 
 Rates: bandwidth from a large ``copy_`` (2 bytes moved per byte copied); the dequant rate from
-``w_int8.to(bf16) * scale`` per weight element; the decomposition rate from
-:func:`lowbit.msd.decompose` (two INT8 passes) with a fixed per-call overhead fitted from two sizes.
+``bf16(w_int8 · scale)`` per weight element; the decomposition rate from the fused two-pass INT8
+decomposition that MSDLinear runs (:func:`lowbit.msd.kernels.decompose_int8_fast`), with a fixed per-call
+overhead fitted from two sizes.
 """
 
 from __future__ import annotations
@@ -131,21 +133,22 @@ def _gemm_fn(path: str, m: int, k: int, n: int, g: torch.Generator) -> Callable[
         b = torch.randint(-127, 128, (k, n), dtype=torch.int8, generator=g)
         return lambda: torch._int_mm(a, b)
     if path == "int8_prepacked":
-        if "x86" not in torch.backends.quantized.supported_engines:
-            raise RuntimeError("quantized engine 'x86' not available")
-        torch.backends.quantized.engine = "x86"
+        from lowbit.msd.kernels import available_int8_kernels, int8_gemm, pack_int8_weight
+
+        if "fbgemm" not in available_int8_kernels():
+            raise RuntimeError("the prepacked fbgemm INT8 kernel is not available in this torch build")
+        q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            wq = torch.quantize_per_tensor(torch.randn(n, k, generator=g), 0.02, 0, torch.qint8)
-            packed = torch.ops.quantized.linear_prepack(wq, None)
-            xq = torch.quantize_per_tensor(torch.rand(m, k, generator=g), 0.01, 0, torch.quint8)
-        return lambda: torch.ops.quantized.linear(xq, packed, 1.0, 0)
+            packed = pack_int8_weight(q, torch.rand(n, generator=g) + 0.5, "fbgemm")
+        a = torch.randint(-127, 128, (m, k), generator=g).to(torch.float32)
+        return lambda: int8_gemm(a, packed)
     raise ValueError(f"unknown GEMM path {path!r}; known: {GEMM_PATHS}")
 
 
 def calibrate_cpu(*, quick: bool = True, seed: int = 0) -> CpuCalibration:
     """Time the GEMM paths, a large copy, INT8->BF16 dequant and the MSD decomposition on this CPU."""
-    from lowbit.msd import decompose
+    from lowbit.msd.kernels import decompose_int8_fast
 
     start = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
@@ -168,11 +171,11 @@ def calibrate_cpu(*, quick: bool = True, seed: int = 0) -> CpuCalibration:
     dst = torch.empty_like(src)
     bandwidth = 2.0 * nbytes / _median_time(lambda: dst.copy_(src), repeats, min_s)
     w8 = torch.randint(-127, 128, (k, n), dtype=torch.int8, generator=g)
-    s = torch.rand(n, generator=g).bfloat16()
-    dequant_rate = k * n / _median_time(lambda: w8.to(torch.bfloat16) * s, repeats, min_s)
+    s = torch.rand(n, 1, generator=g)
+    dequant_rate = k * n / _median_time(lambda: (w8.to(torch.float32) * s).to(torch.bfloat16), repeats, min_s)
     small, large = torch.randn(1, k, generator=g), torch.randn(64, k, generator=g)
-    t_small = _median_time(lambda: decompose(small, "int8", passes=2), repeats, min_s)
-    t_large = _median_time(lambda: decompose(large, "int8", passes=2), repeats, min_s)
+    t_small = _median_time(lambda: decompose_int8_fast(small, 2, round_last=True), repeats, min_s)
+    t_large = _median_time(lambda: decompose_int8_fast(large, 2, round_last=True), repeats, min_s)
     per_elem = max((t_large - t_small) / (63 * k), 1e-15)
     return CpuCalibration(
         k=k,

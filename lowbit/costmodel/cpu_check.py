@@ -9,7 +9,8 @@ The prediction uses a :class:`~lowbit.costmodel.calibrate.CpuCalibration` and th
     t_msd     = overhead + M·K / decompose_rate + t_gemm(int8 path, 2M, K, N)     (two INT8 passes stacked)
 
 ``t_gemm`` interpolates the calibrated throughput in M. The int8 path is read from the row's ``kernel``
-text (``_int_mm`` or the prepacked ``quantized.linear``), else the faster calibrated one.
+text (``fbgemm``: the prepacked path, ``int_mm``), else the faster calibrated one; ``split`` in it means two
+``M``-row GEMMs instead of one stacked ``2M``-row GEMM.
 """
 
 from __future__ import annotations
@@ -83,17 +84,23 @@ class CpuComparison:
 def int8_path_for(kernel: str, cal: CpuCalibration) -> str:
     """Which calibrated int8 GEMM path a benchmark ``kernel`` description names."""
     text = kernel.lower()
-    if ("quantized" in text or "prepack" in text) and "int8_prepacked" in cal.gemm_ops:
+    if ("fbgemm" in text or "quantized" in text or "prepack" in text) and "int8_prepacked" in cal.gemm_ops:
         return "int8_prepacked"
     if "int_mm" in text and "int8_mm" in cal.gemm_ops:
         return "int8_mm"
     return cal.best_int8_path()
 
 
-def predict_cpu(cal: CpuCalibration, m: int, k: int, n: int, int8_path: str) -> tuple[float, float]:
-    """``(t_dequant, t_msd)`` predicted for an ``m×k×n`` W8A16 layer on the calibrated CPU (see module doc)."""
+def predict_cpu(
+    cal: CpuCalibration, m: int, k: int, n: int, int8_path: str, *, stacked: bool = True
+) -> tuple[float, float]:
+    """``(t_dequant, t_msd)`` predicted for an ``m×k×n`` W8A16 layer on the calibrated CPU (see module doc).
+
+    ``stacked``: the two INT8 components run as one ``2m``-row GEMM; otherwise as two ``m``-row GEMMs.
+    """
     t_dq = k * n / cal.dequant_rate + cal.gemm_time("bf16", m, k, n)
-    t_msd = cal.decompose_overhead + m * k / cal.decompose_rate + cal.gemm_time(int8_path, 2 * m, k, n)
+    gemm = cal.gemm_time(int8_path, 2 * m, k, n) if stacked else 2 * cal.gemm_time(int8_path, m, k, n)
+    t_msd = cal.decompose_overhead + m * k / cal.decompose_rate + gemm
     return t_dq, t_msd
 
 
@@ -119,6 +126,6 @@ def compare_cpu(cal: CpuCalibration, rows: list[dict]) -> list[CpuComparison]:
         m, k, n = int(r["M"]), int(r["K"]), int(r["N"])
         kernel = str(r.get("kernel", ""))
         path = int8_path_for(kernel, cal)
-        t_dq, t_msd = predict_cpu(cal, m, k, n, path)
+        t_dq, t_msd = predict_cpu(cal, m, k, n, path, stacked="split" not in kernel.lower())
         out.append(CpuComparison(m, k, n, kernel, path, t_dq, float(times["dequant_bf16"]), t_msd, float(times["msd"])))
     return out
