@@ -47,11 +47,23 @@ def table_rows(table: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
     ]
 
 
+def _compact(obj: Any) -> Any:
+    """Floats to 6 significant digits, recursively: the per-step logs stay readable and small."""
+    if isinstance(obj, float):
+        return float(f"{obj:.6g}")
+    if isinstance(obj, Mapping):
+        return {k: _compact(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_compact(v) for v in obj]
+    return obj
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -66,7 +78,7 @@ def write_outputs(payload: Mapping[str, Any], out_dir: Path, *, name: str = "rl"
     out_dir.mkdir(parents=True, exist_ok=True)
     data = {"benchmark": name, "machine": machine_info(), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **payload}
     json_path = out_dir / f"{name}.json"
-    _atomic_write(json_path, json.dumps(data, indent=1, default=str).encode())
+    _atomic_write(json_path, json.dumps(_compact(data), default=str).encode())
     paths = [json_path]
     for i, exp in enumerate(payload["experiments"]):
         import io
