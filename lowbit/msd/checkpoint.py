@@ -56,7 +56,7 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 DEFAULT_EXCLUDE = r"(^|\.)(embed_tokens|embeddings?|wte|wpe|word_embeddings|position_embeddings)\."
 _HASH_CHUNK = 1 << 24
-_ROW_CHUNK_ELEMENTS = 1 << 20  # rows quantized at a time in the streaming path (identical bytes: rows independent)
+_ROW_CHUNK_ELEMENTS = 1 << 18  # rows quantized at a time in the streaming path (identical bytes: rows independent)
 
 _ST_DTYPES = {
     torch.float64: "F64",
