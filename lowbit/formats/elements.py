@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from lowbit.formats.inputs import as_float64, as_tensor, check_name, pow2
+from lowbit.formats.inputs import as_tensor, as_working_float, check_name, pow2
 
 __all__ = [
     "ELEMENT_FORMATS",
@@ -158,79 +158,67 @@ def decode_element(codes: Any, elem: str | ElementFormat) -> torch.Tensor:
     return _decode_table(f).to(torch.float32)[c]
 
 
-# ----------------------------------------------------------------------------------------------- rounding
+# ----------------------------------------------------------------------------------- rounding and encoding
 
 
-def _round_magnitude(a: torch.Tensor, f: ElementFormat) -> torch.Tensor:
-    """RNE of finite ``a >= 0`` (float64) onto the grid of ``f`` with an unbounded exponent above ``emax``.
+def _magnitude_codes(a: torch.Tensor, f: ElementFormat) -> torch.Tensor:
+    """RNE code magnitudes (int32) of finite ``a >= 0`` (float32 or float64), unbounded exponent above ``emax``.
 
-    In binade ``[2^e, 2^(e+1))`` (``e >= emin``; below ``emin`` the subnormal spacing continues) the grid step is
-    ``2^(e - man_bits)``; ``a / step`` is exact (power-of-two scaling) and ``torch.round`` rounds half to even.
-    A carry into the next binade (``round(a/step) = 2^(m+1)``) lands on ``2^(e+1)``, which is on the grid.
+    In binade ``[2^e, 2^(e+1))`` with ``e = max(floor(log2 a), emin)`` (below ``emin`` the subnormal spacing
+    continues) the grid step is ``2^(e - m)``; ``n = round_half_even(a / 2^(e-m))`` is exact (power-of-two
+    scaling) and lies in ``[0, 2^(m+1)]``. The code is then ``(e - emin)·2^m + n``: for a normal value this is
+    ``(e + bias)·2^m + (n - 2^m)`` = exponent field and mantissa field; in the subnormal binade it is ``n``; a carry
+    ``n = 2^(m+1)`` lands on the first code of the next binade. Codes above the largest finite code overflow.
     """
-    _, exp = torch.frexp(a)  # a = mant · 2^exp with mant in [0.5, 1): floor(log2 a) = exp - 1
-    e = (exp.to(torch.int64) - 1).clamp(min=f.emin)
-    step = pow2(e - f.man_bits)
-    return torch.round(a / step) * step
+    _, exp = torch.frexp(a)  # a = mant · 2^exp with mant in [0.5, 1): floor(log2 a) = exp - 1 (a > 0)
+    e = (exp.to(torch.int32) - 1).clamp_(min=f.emin).masked_fill_(a == 0, f.emin)
+    n = torch.round(a / pow2(e - f.man_bits, a.dtype)).to(torch.int32)  # torch.round rounds half to even
+    return (e - f.emin << f.man_bits) + n
 
 
-def _round64(x: torch.Tensor, f: ElementFormat, saturate: bool) -> torch.Tensor:
-    """:func:`round_to_element` on a float64 tensor, returning float64 (NaN/±Inf per the module's rule)."""
-    finite = torch.isfinite(x)
-    v = _round_magnitude(torch.where(finite, x.abs(), 0.0), f)
-    over = (v > f.max_normal) | torch.isinf(x)
+def _max_code(f: ElementFormat) -> int:
+    """The largest finite positive code (0x7E for e4m3, 0x7B for e5m2, all ones but the sign otherwise)."""
+    top = (1 << (f.bits - 1)) - 1
+    if f.has_inf:
+        return f.inf_code - 1
+    return top - 1 if f.has_nan else top
+
+
+def _encode(x: torch.Tensor, f: ElementFormat, saturate: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes (int32) of float32/float64 ``x`` and its NaN mask, per the module's rounding, overflow and NaN rules."""
+    nan, inf = torch.isnan(x), torch.isinf(x)
+    code = _magnitude_codes(x.abs().masked_fill_(nan | inf, 0.0), f)
+    over = (code > _max_code(f)) | inf
+    to_nan = nan
     if saturate:
-        v = torch.where(over, f.max_normal, v)
+        code.masked_fill_(over, _max_code(f))
     elif f.has_inf:
-        v = torch.where(over, float("inf"), v)
+        code.masked_fill_(over, f.inf_code)
     elif f.has_nan:
-        v = torch.where(over, float("nan"), v)
+        to_nan = nan | over
     elif bool(over.any()):
         raise ValueError(
             f"x has values beyond ±{f.max_normal} (or ±Inf) and {f.name} has no Inf or NaN; "
             "pass saturate=True to clamp them to ±max_normal"
         )
-    v = torch.where(torch.isnan(x), float("nan"), v)
-    return torch.copysign(v, x)  # keeps -0.0 for negative values that round to zero
+    code |= torch.signbit(x).to(torch.int32) << (f.bits - 1)  # keeps -0.0 for negatives that round to zero
+    if f.has_nan:
+        code.masked_fill_(to_nan, f.nan_code)  # one canonical NaN code, whatever the sign
+    return code, nan
 
 
 def round_to_element(x: Any, elem: str | ElementFormat, *, saturate: bool = True) -> torch.Tensor:
     """``x`` rounded to the nearest value of ``elem`` (ties to even), as float32 values on the grid.
 
     Overflow, Inf and NaN follow the module rule: with ``saturate=True`` everything beyond ``±max_normal``
-    (±Inf included) becomes ``±max_normal``; NaN stays NaN.
+    (±Inf included) becomes ``±max_normal``; NaN stays NaN (for every format, as a float).
 
     >>> round_to_element(torch.tensor([0.25, 0.75, 2.5, 5.0, 7.0, -100.0]), "e2m1").tolist()
     [0.0, 1.0, 2.0, 4.0, 6.0, -6.0]
     """
     f = element_format(elem)
-    return _round64(as_float64(x, "x"), f, saturate).to(torch.float32)
-
-
-# ----------------------------------------------------------------------------------------------- encoding
-
-
-def _encode64(x: torch.Tensor, f: ElementFormat, saturate: bool) -> torch.Tensor:
-    """Codes (uint8) of float64 ``x``: round, then split the grid value into sign, exponent and mantissa fields."""
-    v = _round64(x, f, saturate)
-    nan = torch.isnan(v)
-    if bool(nan.any()) and not f.has_nan:
-        raise ValueError(f"x contains NaN and {f.name} has no NaN encoding")
-    inf = torch.isinf(v)
-    a = torch.where(nan | inf, 0.0, v.abs())
-    _, exp = torch.frexp(a)
-    e = (exp.to(torch.int64) - 1).clamp(min=f.emin)
-    normal = a >= f.min_normal
-    exp_field = torch.where(normal, e + f.bias, 0)
-    # normal: a = 2^e · (1 + M/2^m)  ->  M = a/2^(e-m) - 2^m;  subnormal: a = M · 2^(emin-m)
-    man_field = (a / pow2(e - f.man_bits)).to(torch.int64) - torch.where(normal, 1 << f.man_bits, 0)
-    code = exp_field << f.man_bits | man_field
-    if f.has_inf:
-        code = torch.where(inf, f.inf_code, code)
-    code = code | (torch.signbit(v).to(torch.int64) << (f.bits - 1))
-    if f.has_nan:
-        code = torch.where(nan, f.nan_code, code)
-    return code.to(torch.uint8)
+    code, nan = _encode(as_working_float(x, "x"), f, saturate)
+    return _decode_table(f).to(torch.float32)[code.masked_fill_(nan, 0)].masked_fill_(nan, float("nan"))
 
 
 def encode_element(x: Any, elem: str | ElementFormat, saturate: bool = True) -> torch.Tensor:
@@ -242,4 +230,12 @@ def encode_element(x: Any, elem: str | ElementFormat, saturate: bool = True) -> 
     [2, 15, 1]
     """
     f = element_format(elem)
-    return _encode64(as_float64(x, "x"), f, saturate)
+    return encode_checked(as_working_float(x, "x"), f, saturate)
+
+
+def encode_checked(x: torch.Tensor, f: ElementFormat, saturate: bool = True) -> torch.Tensor:
+    """:func:`encode_element` for an already checked float32/float64 tensor (used by the block formats)."""
+    code, nan = _encode(x, f, saturate)
+    if not f.has_nan and bool(nan.any()):
+        raise ValueError(f"x contains NaN and {f.name} has no NaN encoding")
+    return code.to(torch.uint8)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["as_float64", "as_tensor", "check_name", "pow2"]
+__all__ = ["as_float64", "as_tensor", "as_working_float", "check_name", "pow2"]
 
 
 def as_tensor(x: Any, name: str) -> torch.Tensor:
@@ -34,14 +34,25 @@ def as_tensor(x: Any, name: str) -> torch.Tensor:
     return t
 
 
-def as_float64(x: Any, name: str) -> torch.Tensor:
-    """A non-empty floating-point tensor widened to float64 (exact for every float dtype up to float64)."""
+def _checked_float(x: Any, name: str) -> torch.Tensor:
     t = as_tensor(x, name)
     if not t.is_floating_point():
         raise TypeError(f"{name} must have a floating-point dtype (float16/bfloat16/float32/float64), got {t.dtype}")
     if t.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); there is nothing to quantize")
-    return t.detach().to(torch.float64)
+    return t.detach()
+
+
+def as_float64(x: Any, name: str) -> torch.Tensor:
+    """A non-empty floating-point tensor widened to float64 (exact for every float dtype up to float64)."""
+    return _checked_float(x, name).to(torch.float64)
+
+
+def as_working_float(x: Any, name: str) -> torch.Tensor:
+    """A non-empty floating-point tensor in the narrowest exact working type: float32 for inputs of 32 bits or
+    fewer (float32, bfloat16, float16, float8), float64 for float64. Either holds the input exactly."""
+    t = _checked_float(x, name)
+    return t.to(torch.float64 if t.dtype == torch.float64 else torch.float32)
 
 
 def check_name(value: Any, allowed: Any, name: str) -> str:
@@ -51,6 +62,9 @@ def check_name(value: Any, allowed: Any, name: str) -> str:
     return value
 
 
-def pow2(e: torch.Tensor) -> torch.Tensor:
-    """Exactly ``2.0**e`` in float64 for integer ``e`` in [-1022, 1023], built from the IEEE bit pattern."""
+def pow2(e: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Exactly ``2.0**e`` for integer ``e``, built from the IEEE bit pattern: float64 for ``e`` in [-1022, 1023],
+    float32 for ``e`` in [-126, 127] (the normal range of each type)."""
+    if dtype == torch.float32:
+        return ((e.to(torch.int32) + 127) << 23).view(torch.float32)
     return ((e.to(torch.int64) + 1023) << 52).view(torch.float64)

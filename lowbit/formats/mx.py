@@ -32,8 +32,8 @@ from typing import Any
 import torch
 
 from lowbit.formats.e8m0 import SCALE_RULES, decode_e8m0, encode_e8m0, shared_exponent
-from lowbit.formats.elements import ElementFormat, _encode64, decode_element, element_format
-from lowbit.formats.inputs import as_float64, check_name, pow2
+from lowbit.formats.elements import ElementFormat, decode_element, element_format, encode_checked
+from lowbit.formats.inputs import as_working_float, check_name, pow2
 
 __all__ = ["MX_FORMATS", "MXTensor", "mx_quantize", "pack_nibbles", "unpack_nibbles"]
 
@@ -137,14 +137,20 @@ class MXTensor:
 
 def _block_amax(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Largest magnitude of each block ``[..., n_blocks, block]`` and whether the block is all finite."""
-    finite = torch.isfinite(xb).all(dim=-1)
-    amax = torch.where(torch.isfinite(xb), xb.abs(), 0.0).amax(dim=-1)
-    return amax, finite
+    ok = torch.isfinite(xb)
+    amax = xb.abs().masked_fill_(~ok, 0.0).amax(dim=-1)
+    return amax.to(torch.float64), ok.all(dim=-1)
 
 
 def _quantize_elements(xb: torch.Tensor, shared_exp: torch.Tensor, f: ElementFormat) -> torch.Tensor:
-    """Codes of ``x / 2^shared_exp``: exact power-of-two division, RNE, saturation to ``±max_normal`` (spec §6.3)."""
-    return _encode64(xb / pow2(shared_exp).unsqueeze(-1), f, saturate=True)
+    """Codes of ``x / 2^shared_exp``: power-of-two division, RNE, saturation to ``±max_normal`` (spec §6.3).
+
+    The division is exact in the working type (float32 for inputs of 32 bits or fewer) except where a quotient
+    falls below the float32 normal range; such a quotient is below 2^-126, far under half the smallest element
+    subnormal (>= 2^-17), so it rounds to a signed zero either way.
+    """
+    scale = pow2(shared_exp).to(xb.dtype)  # exact: 2^-127 is a float32 subnormal
+    return encode_checked(xb / scale.unsqueeze(-1), f, saturate=True)
 
 
 def mx_quantize(
@@ -173,14 +179,14 @@ def mx_quantize(
         raise ValueError(f"block must be a positive int, got {block!r}")
     if f.bits == 4 and block % 2:
         raise ValueError(f"block must be even for {f.name} (two codes per byte), got {block}")
-    x64 = as_float64(x, "x")
-    if x64.dim() == 0:
+    xw = as_working_float(x, "x")
+    if xw.dim() == 0:
         raise ValueError("x must have at least one dimension to block along")
-    if not isinstance(axis, int) or not -x64.dim() <= axis < x64.dim():
-        raise ValueError(f"axis must be an int in [{-x64.dim()}, {x64.dim() - 1}] for x of shape {tuple(x64.shape)}")
-    axis %= x64.dim()
-    n = x64.shape[axis]
-    xm = x64.movedim(axis, -1)
+    if not isinstance(axis, int) or not -xw.dim() <= axis < xw.dim():
+        raise ValueError(f"axis must be an int in [{-xw.dim()}, {xw.dim() - 1}] for x of shape {tuple(xw.shape)}")
+    axis %= xw.dim()
+    n = xw.shape[axis]
+    xm = xw.movedim(axis, -1)
     if n % block:
         if not pad:
             raise ValueError(
@@ -192,8 +198,8 @@ def mx_quantize(
 
     amax, finite = _block_amax(xb)
     exp = shared_exponent(amax, f, scale_rule)
-    codes = _quantize_elements(torch.where(finite.unsqueeze(-1), xb, 0.0), exp, f)
-    codes = torch.where(finite.unsqueeze(-1), codes, 0).reshape(xm.shape)
+    bad = ~finite.unsqueeze(-1)
+    codes = _quantize_elements(xb.masked_fill(bad, 0.0), exp, f).masked_fill_(bad, 0).reshape(xm.shape)
     if f.bits == 4:
         codes = pack_nibbles(codes)
     scale_codes = encode_e8m0(exp, nan=~finite)
@@ -203,6 +209,6 @@ def mx_quantize(
         elem=f.name,
         block=block,
         axis=axis,
-        shape=tuple(x64.shape),
+        shape=tuple(xw.shape),
         scale_rule=scale_rule,
     )

@@ -188,3 +188,12 @@ def test_bad_inputs():
         mx_quantize([1.0] * 32, "e4m3")
     with pytest.raises(ValueError, match="at least one dimension"):
         mx_quantize(torch.tensor(1.0), "e4m3")
+
+
+def test_bfloat16_and_float64_inputs_match_float32():
+    x = torch.randn(8, 64).to(torch.bfloat16)
+    for elem in ("e2m1", "e4m3"):
+        ref = mx_quantize(x.float(), elem, scale_rule="ceil")
+        for variant in (x, x.double(), x.float().numpy()):
+            got = mx_quantize(variant, elem, scale_rule="ceil")
+            assert torch.equal(got.codes, ref.codes) and torch.equal(got.scale_exponents, ref.scale_exponents)
