@@ -26,6 +26,7 @@ from lowbit.formats.elements import (
 from lowbit.formats.fp8 import FP8_DTYPES, fp8_cast, fp8_cast_native
 from lowbit.formats.integer import GRANULARITIES, IntQuantized, pack_int4, quantize_int, unpack_int4
 from lowbit.formats.mx import MX_FORMATS, MXTensor, mx_quantize, pack_nibbles, unpack_nibbles
+from lowbit.formats.nvfp4 import NVFP4_BLOCK, NVFP4Tensor, nvfp4_quantize
 
 __all__ = [
     "E8M0_BIAS",
@@ -34,10 +35,12 @@ __all__ = [
     "FP8_DTYPES",
     "GRANULARITIES",
     "MX_FORMATS",
+    "NVFP4_BLOCK",
     "SCALE_RULES",
     "ElementFormat",
     "IntQuantized",
     "MXTensor",
+    "NVFP4Tensor",
     "ceil_shared_exponent",
     "decode_e8m0",
     "decode_element",
@@ -48,6 +51,7 @@ __all__ = [
     "fp8_cast",
     "fp8_cast_native",
     "mx_quantize",
+    "nvfp4_quantize",
     "ocp_shared_exponent",
     "pack_int4",
     "pack_nibbles",
