@@ -166,8 +166,23 @@ class MSDLinear(nn.Module):
         )
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``W = q ⊙ s_w`` (or the MXFP4 values times their block scales) rounded once to ``dtype``."""
-        return self.weight_quantized().dequantize(dtype)
+        """``W = q ⊙ s_w`` (or the MXFP4 values times their block scales) in ``dtype``, as the dequant baseline
+        computes it on every call: one float32 product (correctly rounded, so equal to the float64 product rounded
+        to float32; exact for MXFP4), then a cast to ``dtype`` (``bf16(float32(q·s_w))`` for W8A16, msd.md §8).
+        ``torch.float64`` gives the exact product."""
+        from lowbit import formats
+
+        if dtype == torch.float64:
+            return self.weight_quantized().dequantize(torch.float64)
+        n, k = self.out_features, self.in_features
+        if self.config.weight == "int8":
+            g = self.weight_scale.shape[1]
+            w = (self.qweight.view(n, g, k // g) * self.weight_scale.unsqueeze(-1)).view(n, k)
+        else:
+            values = formats.decode_element(formats.unpack_nibbles(self.weight_codes), "e2m1")
+            scales = formats.decode_e8m0(self.weight_scale_exponents)
+            w = (values.view(n, scales.shape[1], MX_BLOCK) * scales.unsqueeze(-1)).view(n, -1)[:, :k]
+        return w if dtype == torch.float32 else w.to(dtype)
 
     @property
     def kernel(self) -> str:
