@@ -10,7 +10,8 @@ channel, from ``W ~ N(0, 0.02²)``) and Gaussian activations ``x ~ N(0, 1)`` are
 ``dequant_fp32``    ``q·s_w`` to float32 on every call, float32 GEMM (the fastest dequant path without AMX)
 ``quantize_dynamic`` ``torch.ao.quantization.quantize_dynamic`` (per-channel qint8 weights re-quantized from W̃,
                     one dynamic 8-bit activation pass: what a PyTorch user runs today)
-``msd``             ``MSDLinear`` INT8, two passes, default kernel (fbgemm, stacking by the default rule)
+``msd``             ``MSDLinear`` INT8, two passes, default kernel (fbgemm), stacked or split chosen by
+                    measuring both on this shape (``MSDLinear.tune``)
 ``msd_<kernel>``    the same with each INT8 backend (``fbgemm``, ``onednn``, ``int_mm``) and forced
                     ``stacked`` / ``split`` variants, to choose the defaults by measurement
 ``msd_mxfp4``       ``MSDLinear`` MXFP4 (4.25 bits/weight, exact INT8 emulation; error against its own weights)
@@ -109,6 +110,7 @@ def bench_shape(m: int, k: int, n: int, *, quick: bool, kernels: tuple[str, ...]
 
         qd = quantize_dynamic(nn.Sequential(fp32), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
     run("quantize_dynamic", lambda: qd(x))
+    tuned = msd.tune((m,), repeats=3)[m]  # stacked vs split measured for this shape; the faster one is kept
     run("msd", lambda: msd(x))
     for kern in kernels:
         for stacking in ("stacked", "split"):
@@ -132,6 +134,7 @@ def bench_shape(m: int, k: int, n: int, *, quick: bool, kernels: tuple[str, ...]
         "rel_err": errs,
         "bits": {c: (-math.log2(e) if e > 0 else float("inf")) for c, e in errs.items()},
         "kernel": f"{msd.kernel}/{stacking}",
+        "stacking_tune_s": tuned,
     }
 
 
@@ -157,7 +160,7 @@ def bench_e2e(quick: bool) -> dict[str, Any]:
     seq = 256 if quick else 512
     ids = torch.randint(0, cfg.vocab_size, (1, seq), generator=torch.Generator().manual_seed(1))
     out: dict[str, Any] = {
-        "config": {"hidden": 1024, "intermediate": 2816, "layers": cfg.num_hidden_layers},
+        "config": {"hidden": 1024, "intermediate": 2816, "layers": cfg.num_hidden_layers, "lm_head": "float32"},
         "seq": seq,
     }
     state = base.state_dict()
