@@ -6,7 +6,16 @@
 """
 
 from lowbit.tokenize.backends import BackendSpec, ChunkEncoding, Piece, fastokens_available, make_backend
-from lowbit.tokenize.lopt import LoptConfig, MergeStats, Plan, lossless_encode, make_plan, match_boundary
+from lowbit.tokenize.lopt import (
+    LoptConfig,
+    MergeStats,
+    Plan,
+    lossless_encode,
+    make_plan,
+    match_boundary,
+    naive_encode,
+    wrong_tokens,
+)
 from lowbit.tokenize.parallel import EncodeStats, ParallelTokenizer, VerificationError, usable_cores
 from lowbit.tokenize.presets import PRESETS, LoadedTokenizer, load_tokenizer
 
@@ -28,5 +37,7 @@ __all__ = [
     "make_backend",
     "make_plan",
     "match_boundary",
+    "naive_encode",
     "usable_cores",
+    "wrong_tokens",
 ]

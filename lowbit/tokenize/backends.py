@@ -419,6 +419,8 @@ class FastokensBackend(Backend):
         self.ref = reference
         self.ordinary = ordinary
         self.name = f"{name}+fastokens"
+        # fastokens compiles its regexes on the first call (~0.3 s): pay it here, not on the user's first text.
+        self.fast.encode_batch_flat(["warm up: Hello, 世界 123 \n\t"], split_special_tokens=ordinary)
 
     @classmethod
     def build(cls, loaded: LoadedTokenizer, reference: Backend) -> FastokensBackend:

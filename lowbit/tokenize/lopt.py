@@ -238,3 +238,45 @@ def _merge(bounds: list[list[int]], encs: list[ChunkEncoding | None], failing: S
     bounds[:] = new_bounds
     encs[:] = new_encs
     return merged_chars
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the lossy baseline, for comparison (benchmarks and the report)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def naive_encode(text: str, run: RunFn, chunk_chars: int) -> tuple[np.ndarray, list[int]]:
+    """Naive parallel tokenization: cut every ``chunk_chars`` characters, encode, concatenate (lopt.md §2).
+
+    Lossy: returns the ids and the token index of every cut, so the damage can be counted. Not used by LoPT.
+    """
+    if chunk_chars < 1:
+        raise ValueError(f"chunk_chars: expected a positive int, got {chunk_chars!r}")
+    pieces = [Piece(text[s : s + chunk_chars], 0, 0) for s in range(0, max(1, len(text)), chunk_chars)]
+    encs = run(pieces)
+    cuts = list(np.cumsum([len(e.ids) for e in encs])[:-1].tolist())
+    return np.concatenate([e.ids for e in encs]), cuts
+
+
+def wrong_tokens(reference: np.ndarray, naive: np.ndarray, cuts: Sequence[int], window: int = 64) -> int:
+    """Tokens of ``reference`` that the naive concatenation does not reproduce, counted near each cut.
+
+    Naive chunks only differ from the reference near their cuts, so each cut's neighbourhood (``window`` tokens
+    each side) is aligned with ``difflib`` and the unmatched reference tokens are summed; the running length
+    difference keeps the windows aligned.
+    """
+    import difflib
+
+    wrong = 0
+    drift = 0  # reference index minus naive index, before the current cut
+    for c in cuts:
+        a = max(0, c - window)
+        nw = naive[a : c + window].tolist()
+        ra = max(0, a + drift)
+        rw = reference[ra : c + window + drift].tolist()
+        blocks = [b for b in difflib.SequenceMatcher(None, nw, rw, autojunk=False).get_matching_blocks() if b.size]
+        wrong += len(rw) - sum(b.size for b in blocks)
+        if blocks:
+            last = blocks[-1]
+            drift = (ra + last.b) - (a + last.a)
+    return wrong

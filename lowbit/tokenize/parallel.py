@@ -28,7 +28,7 @@ from lowbit.tokenize.backends import (
     TiktokenBackend,
     make_backend,
 )
-from lowbit.tokenize.lopt import LoptConfig, MergeStats, Plan, lossless_encode, make_plan
+from lowbit.tokenize.lopt import LoptConfig, MergeStats, Plan, lossless_encode, make_plan, naive_encode
 from lowbit.tokenize.worker import encode_pieces, init_worker
 
 Strategy = Literal["auto", "processes", "threads", "inline", "executor"]
@@ -198,6 +198,15 @@ class ParallelTokenizer:
         if add_special_tokens:
             ids = self._add_special(ids)
         return ids, stats
+
+    def naive_encode(self, text: str, *, chunk_chars: int | None = None) -> tuple[np.ndarray, list[int]]:
+        """The lossy baseline on the same workers: cut, encode, concatenate (for benchmarks and reports only).
+
+        Returns the ids and the token index of each cut; see :func:`lowbit.tokenize.lopt.wrong_tokens`.
+        """
+        text = self._check_text(text)
+        chunk = chunk_chars or make_plan(len(text), self.workers, self.backend, self.config).chunk_chars
+        return naive_encode(text, self._runner(len(text), None), chunk)
 
     # ---------------------------------------------------------------------------------------------------------
     # lifecycle

@@ -81,7 +81,7 @@ def test_retries_and_merges_happen_and_stay_exact(get_preset, get_backend):
 def test_zero_retries_still_exact(get_preset, get_backend):
     tok = get_preset("mistral-v1")
     text = make_text("chinese", 3000)
-    ids, stats = run_lopt(get_backend("mistral-v1"), text, 200, 30, retries=0)
+    ids, _ = run_lopt(get_backend("mistral-v1"), text, 200, 30, retries=0)
     assert ids == reference(tok.obj, text)
 
 

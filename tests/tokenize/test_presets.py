@@ -36,7 +36,7 @@ def test_every_preset_is_covered():
 
 
 def test_unknown_preset_lists_presets():
-    with pytest.raises(ValueError, match="presets: .*cl100k.*qwen2"):
+    with pytest.raises(ValueError, match=r"presets: .*cl100k.*qwen2"):
         load_tokenizer("no-such-tokenizer")
 
 
