@@ -20,7 +20,7 @@ def register(subparsers: Any) -> None:
         "worst-case definition (vs the group max M for INT8, vs alpha per 32-block for MX), -log2 relative RMS, "
         "and the relative L2 error, beside the paper's 16 (INT8 x2), 6.6 (MXFP4 x2) and 5.24 (MXFP8 x1).",
     )
-    p.add_argument("--rows", type=int, default=32, help="activation rows per distribution (default 32)")
+    p.add_argument("--rows", type=int, default=16, help="activation rows per distribution (default 16)")
     p.add_argument("--k", type=int, default=4096, help="row length K (default 4096)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
