@@ -63,8 +63,8 @@ def _mx_floor(elem: str) -> float:
 
 def _group_amax(x: torch.Tensor, group_size: int) -> torch.Tensor:
     xg = grouped(x.detach().to(torch.float64), group_size)
-    amax = xg.abs().amax(dim=-1)
-    return torch.where(torch.isfinite(xg).all(dim=-1), amax, float("nan"))
+    amax = xg.abs().amax(dim=-1)  # NaN or Inf for a group with a non-finite value
+    return torch.where(torch.isfinite(amax), amax, float("nan"))
 
 
 def error_bound(

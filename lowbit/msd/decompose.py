@@ -225,6 +225,12 @@ def grouped(x: torch.Tensor, group_size: int) -> torch.Tensor:
     return x.reshape(*x.shape[:-1], n_groups, group_size)
 
 
+def _finite_groups(xg: torch.Tensor) -> torch.Tensor:
+    """Whether each group ``[..., G, g]`` is all finite: ``amax|x|`` propagates NaN and Inf, and is cheaper than
+    an elementwise ``isfinite`` on float64."""
+    return torch.isfinite(xg.abs().amax(dim=-1))
+
+
 def ungrouped(xg: torch.Tensor, k: int) -> torch.Tensor:
     """Inverse of :func:`grouped`: flatten the last two axes and drop the padding."""
     return xg.reshape(*xg.shape[:-2], -1)[..., :k]
@@ -232,7 +238,7 @@ def ungrouped(xg: torch.Tensor, k: int) -> torch.Tensor:
 
 def _decompose_int8(x: torch.Tensor, passes: int, group_size: int, amax: float | None) -> Decomposition:
     xg = grouped(x.detach().to(torch.float64), group_size)
-    finite = torch.isfinite(xg).all(dim=-1)  # [..., G]
+    finite = _finite_groups(xg)  # [..., G]
     r = torch.where(finite.unsqueeze(-1), xg, 0.0)
     m = r.abs().amax(dim=-1)
     if amax is not None:
@@ -257,7 +263,7 @@ def _decompose_mx(x: torch.Tensor, fmt: str, elem: str, passes: int, block: int,
         raise ValueError(f"group (the MX block) must be even for mxfp4 (two E2M1 codes per byte), got {block}")
     k = x.shape[-1]
     xg = grouped(x.detach().to(torch.float64), block)
-    finite = torch.isfinite(xg).all(dim=-1)
+    finite = _finite_groups(xg)
     r = torch.where(finite.unsqueeze(-1), xg, 0.0)  # non-finite blocks: zero components, NaN scales below
     nan = torch.tensor(float("nan"), dtype=torch.float64)
     components, scales = [], []
