@@ -42,6 +42,7 @@ def _np_mx(x: np.ndarray, elem: str, rule: str, block: int = 32) -> np.ndarray:
     dtype, maxn, emax = {
         "e2m1": (ml_dtypes.float4_e2m1fn, 6.0, 2),
         "e4m3": (ml_dtypes.float8_e4m3fn, 448.0, 8),
+        "e5m2": (ml_dtypes.float8_e5m2, 57344.0, 15),
     }[elem]
     xb = x.reshape(*x.shape[:-1], -1, block)
     amax = np.abs(xb).max(-1, keepdims=True)
@@ -63,6 +64,20 @@ def _np_mx(x: np.ndarray, elem: str, rule: str, block: int = 32) -> np.ndarray:
 )
 def test_mxfp4_ceil_bound_alpha_over_8_to_the_p(dist, passes, rows, blocks, seed, dtype):
     _assert_bounds(activations(dist, (rows, 32 * blocks), seed=seed, dtype=dtype), "mxfp4", passes)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    dist=st.sampled_from(DISTRIBUTIONS),
+    fmt=st.sampled_from(["mxfp4", "mxfp8"]),
+    rule=st.sampled_from(["ceil", "ocp"]),
+    passes=st.integers(1, 3),
+    k=st.integers(1, 200),
+    seed=st.integers(0, 2**16),
+)
+def test_every_mx_format_rule_and_pass_count_keeps_its_bound(dist, fmt, rule, passes, k, seed):
+    # ceil: α·2^-((m+2)p); OCP: α·c^p with c = 1/4 (E2M1) or 1/8 (E4M3); K need not be a multiple of 32
+    _assert_bounds(activations(dist, (3, k), seed=seed, dtype=torch.float32), fmt, passes, rule)
 
 
 @SETTINGS
@@ -103,10 +118,10 @@ def test_ocp_rule_breaks_the_alpha_over_64_bound():
 
 
 @pytest.mark.parametrize("rule", ["ceil", "ocp"])
-@pytest.mark.parametrize(("fmt", "elem"), [("mxfp4", "e2m1"), ("mxfp8", "e4m3")])
+@pytest.mark.parametrize(("fmt", "elem"), [("mxfp4", "e2m1"), ("mxfp8", "e4m3"), ("mxfp8", "e5m2")])
 def test_each_pass_matches_the_ml_dtypes_reference(fmt, elem, rule):
     x = activations("student_t", (8, 256), seed=2).double()
-    d = msd.decompose(x, fmt, passes=3, scale_rule=rule)
+    d = msd.decompose(x, fmt, passes=3, scale_rule=rule, elem=elem)
     r = x.numpy()
     for i in range(3):
         ref = _np_mx(r, elem, rule)
