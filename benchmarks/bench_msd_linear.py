@@ -73,15 +73,30 @@ def _timed(fn: Any, quick: bool) -> float:
     return median_time(fn, repeats=_repeats(first, quick), warmup=0, min_seconds=0.02 if first < 0.005 else 0.0)
 
 
-def bench_shape(m: int, k: int, n: int, *, quick: bool, kernels: tuple[str, ...]) -> dict[str, Any]:
-    """All columns for one shape; returns one row of the results schema."""
-    gen = torch.Generator().manual_seed(1000 * m + k + n)
-    w = torch.randn(n, k, generator=gen) * 0.02
-    x = torch.randn(m, k, generator=gen)
+def quantized_weights(k: int, n: int) -> dict[str, Any]:
+    """``W ~ N(0, 0.02²)`` ``[n, k]`` quantized once (INT8 per channel and MXFP4) for every M of this shape."""
+    gen = torch.Generator().manual_seed(k + 7 * n)
     lin = nn.Linear(k, n, bias=False)
     with torch.no_grad():
-        lin.weight.copy_(w)
-    msd = MSDLinear.from_linear(lin, MSDConfig(weight="int8", passes=2, method="msd"))
+        lin.weight.copy_(torch.randn(n, k, generator=gen) * 0.02)
+    int8 = MSDLinear.from_linear(lin, MSDConfig(weight="int8")).state_dict()
+    mxfp4 = MSDLinear.from_linear(lin, MSDConfig(weight="mxfp4")).state_dict()
+    return {"int8": int8, "mxfp4": mxfp4}
+
+
+def _layer(k: int, n: int, config: MSDConfig, state: dict[str, torch.Tensor]) -> MSDLinear:
+    layer = MSDLinear(k, n, bias=False, config=config)
+    layer.load_state_dict(state)  # prepacks for the configured kernel
+    return layer
+
+
+def bench_shape(
+    m: int, k: int, n: int, weights: dict[str, Any], *, quick: bool, kernels: tuple[str, ...]
+) -> dict[str, Any]:
+    """All columns for one shape; returns one row of the results schema."""
+    gen = torch.Generator().manual_seed(1000 * m + k + n)
+    x = torch.randn(m, k, generator=gen)
+    msd = _layer(k, n, MSDConfig(weight="int8", passes=2, method="msd"), weights["int8"])
     w_tilde = msd.dequantized_weight(torch.float32)
     ref = x.double() @ msd.dequantized_weight(torch.float64).t()
     times: dict[str, float] = {}
@@ -101,7 +116,7 @@ def bench_shape(m: int, k: int, n: int, *, quick: bool, kernels: tuple[str, ...]
     xb = x.to(torch.bfloat16)
     run("fp32", lambda: fp32(x))
     run("bf16", lambda: bf16(xb))
-    deq = MSDLinear.from_linear(lin, MSDConfig(weight="int8", method="dequant"))
+    deq = _layer(k, n, MSDConfig(weight="int8", method="dequant"), weights["int8"])
     run("dequant_bf16", lambda: deq(xb))
     run("dequant_fp32", lambda: deq(x))
     with warnings.catch_warnings():
@@ -114,15 +129,15 @@ def bench_shape(m: int, k: int, n: int, *, quick: bool, kernels: tuple[str, ...]
     run("msd", lambda: msd(x))
     for kern in kernels:
         for stacking in ("stacked", "split"):
-            layer = MSDLinear.from_linear(lin, MSDConfig(kernel=kern, stacking=stacking))
+            layer = _layer(k, n, MSDConfig(kernel=kern, stacking=stacking), weights["int8"])
             run(f"msd_{kern}_{stacking}", lambda layer=layer: layer(x))
     if m <= MX_MAX_M and (not quick or m <= 128):
-        mx = MSDLinear.from_linear(lin, MSDConfig(weight="mxfp4"))
+        mx = _layer(k, n, MSDConfig(weight="mxfp4"), weights["mxfp4"])
         mx_ref = x.double() @ mx.dequantized_weight(torch.float64).t()
         y = mx(x)
         times["msd_mxfp4"] = _timed(lambda: mx(x), quick)
         errs["msd_mxfp4"] = _rel_err(y, mx_ref)
-        mxd = MSDLinear.from_linear(lin, MSDConfig(weight="mxfp4", method="dequant"))
+        mxd = _layer(k, n, MSDConfig(weight="mxfp4", method="dequant"), weights["mxfp4"])
         times["dequant_mxfp4"] = _timed(lambda: mxd(x), quick)
         errs["dequant_mxfp4"] = _rel_err(mxd(x), mx_ref)
     stacking = msd.stacking_for(m)
@@ -216,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     start = time.perf_counter()
     for k, n in kns:
+        weights = quantized_weights(k, n)
         for m in ms:
-            row = bench_shape(m, k, n, quick=args.quick, kernels=kernels)
+            row = bench_shape(m, k, n, weights, quick=args.quick, kernels=kernels)
             rows.append(row)
             t = row["times_s"]
             print(
