@@ -105,6 +105,14 @@ class ExperimentConfig:
             raise ValueError(f"group must be >= 2 (GRPO normalises within a group), got {self.group}")
         if not 0.0 < self.sft_target < 1.0:
             raise ValueError(f"sft_target must lie in (0, 1), got {self.sft_target}")
+        task = AdditionTask(self.digits)
+        if self.model.block_size < task.prompt_len + task.answer_len - 1:
+            raise ValueError(
+                f"model.block_size {self.model.block_size} is too short for {self.digits}-digit addition "
+                f"(needs {task.prompt_len + task.answer_len - 1})"
+            )
+        if self.model.vocab_size != task.vocab_size:
+            raise ValueError(f"model.vocab_size must be {task.vocab_size}, got {self.model.vocab_size}")
 
     @property
     def quant(self) -> QuantStrength:

@@ -88,6 +88,8 @@ def test_config_errors():
         ExperimentConfig(strength="fp4")
     with pytest.raises(ValueError, match="group"):
         ExperimentConfig(group=1)
+    with pytest.raises(ValueError, match="block_size"):
+        ExperimentConfig(digits=6)
 
 
 def test_cli_quick_writes_results(tmp_path):
