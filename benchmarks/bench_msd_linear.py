@@ -225,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one shape, four M values (about a minute)")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end prefill timing")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     ms, kns = (QUICK_MS, QUICK_KN) if args.quick else (FULL_MS, FULL_KN)
     kernels = available_int8_kernels()
     rows = []
