@@ -31,7 +31,7 @@ from lowbit.tokenize.backends import (
 from lowbit.tokenize.lopt import LoptConfig, MergeStats, Plan, lossless_encode, make_plan, naive_encode
 from lowbit.tokenize.worker import encode_pieces, init_worker
 
-Strategy = Literal["auto", "processes", "threads", "inline", "executor"]
+Strategy = Literal["auto", "direct", "processes", "threads", "inline", "executor"]
 ProgressFn = Callable[[int, int], None]
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -42,7 +42,7 @@ class VerificationError(RuntimeError):
 
 @dataclass(frozen=True)
 class EncodeStats:
-    """How one text was encoded: ``path`` is "sequential" (below the threshold) or "lopt"."""
+    """How one text was encoded: ``path`` is "sequential" (below the threshold), "direct" or "lopt"."""
 
     path: str
     strategy: str
@@ -70,9 +70,10 @@ class ParallelTokenizer:
 
     ``backend``: ``"auto"`` uses fastokens when it is installed and supports the vocabulary (byte-level BPE from a
     preset, path or ``tokenizers.Tokenizer``), else the library; ``"library"`` never uses fastokens.
-    ``strategy``: ``"auto"`` runs fastokens' multi-threaded batch call in-process and library backends in a
-    persistent process pool, one tokenizer load per worker (``start_method`` defaults to fork on POSIX, where
-    workers inherit the loaded tokenizer; with spawn, call from under ``if __name__ == "__main__":``).
+    ``strategy``: ``"auto"`` makes one direct fastokens call (fastokens is itself multi-threaded and was the
+    fastest path measured on 2 cores; ``"threads"`` runs LoPT on top of its batch call) and runs library
+    backends in a persistent process pool, one tokenizer load per worker (``start_method`` defaults to fork on
+    POSIX, where workers inherit the loaded tokenizer; with spawn, call from under ``if __name__ == "__main__":``).
     ``"threads"`` uses the library's own batch call; ``"inline"`` encodes the chunks one after another in the
     caller; ``executor=`` runs chunks on any ``concurrent.futures.Executor`` (e.g. a Dask ``distributed``
     client's ``get_executor()``).
@@ -102,8 +103,8 @@ class ParallelTokenizer:
             workers = usable_cores()
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"workers: expected a positive int, got {workers!r}")
-        if strategy not in ("auto", "processes", "threads", "inline", "executor"):
-            raise ValueError(f"strategy: expected auto/processes/threads/inline/executor, got {strategy!r}")
+        if strategy not in ("auto", "direct", "processes", "threads", "inline", "executor"):
+            raise ValueError(f"strategy: expected auto/direct/processes/threads/inline/executor, got {strategy!r}")
         if executor is not None and not isinstance(executor, Executor):
             raise TypeError(f"executor: expected a concurrent.futures.Executor, got {type(executor).__name__}")
         if strategy == "executor" and executor is None:
@@ -121,7 +122,9 @@ class ParallelTokenizer:
             strategy = "executor"
         elif strategy == "auto":
             if isinstance(self.backend, FastokensBackend):
-                strategy = "threads"
+                # fastokens already spreads one long input over the cores; on few cores chunking it again only
+                # adds work (measured in benchmarks/bench_tokenize.py), so the default is one direct call.
+                strategy = "direct"
             else:
                 strategy = "processes" if workers > 1 else "inline"
         if strategy == "processes" and isinstance(self.backend, FastokensBackend):
@@ -179,9 +182,10 @@ class ParallelTokenizer:
             raise ValueError("ParallelTokenizer is closed")
         text = self._check_text(text)
         n = len(text)
-        if n < max(self.config.min_parallel_chars, 1) or n == 0:
+        if n < max(self.config.min_parallel_chars, 1) or n == 0 or self.strategy == "direct":
             ids = self.backend.encode_ids(text)
-            stats = EncodeStats("sequential", "inline", self.backend.name, n, len(ids), None, None)
+            path = "direct" if self.strategy == "direct" else "sequential"
+            stats = EncodeStats(path, "inline", self.backend.name, n, len(ids), None, None)
             if on_progress:
                 on_progress(n, n)
         else:

@@ -75,8 +75,12 @@ def test_auto_backend_picks_fastokens_and_stays_exact(get_preset, text):
         tok = get_preset(name)
         with ParallelTokenizer(tok, workers=2, **SMALL) as pt:
             assert pt.backend.name == f"{name}+fastokens"
-            assert pt.strategy == "threads"
+            assert pt.strategy == "direct"
             assert pt.encode(text) == reference(tok.obj, text)
+        with ParallelTokenizer(tok, workers=2, strategy="threads", **SMALL) as pt:
+            ids, stats = pt.encode_with_stats(text)
+            assert stats.path == "lopt" and stats.backend == f"{name}+fastokens"
+            assert ids.tolist() == reference(tok.obj, text)
     with ParallelTokenizer(get_preset("bert"), workers=2, **SMALL) as pt:
         assert "fastokens" not in pt.backend.name  # WordPiece with a normalizer: not byte-level
 
