@@ -1,0 +1,93 @@
+"""The ``lowbit tokenize`` command and the report section."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lowbit.cli import main
+from lowbit.tokenize.corpus import make_text
+
+from .conftest import reference
+
+
+def test_cli_npy_jsonl_verify_stats(tmp_path, capsys, get_preset):
+    text = make_text("mixed", 50_000, seed=5)
+    f1 = tmp_path / "a.txt"
+    f1.write_text(text, encoding="utf-8")
+    f2 = tmp_path / "b.txt"
+    f2.write_text("second file ✓", encoding="utf-8")
+    tok = get_preset("deepseek-v4")
+    out = tmp_path / "ids.npy"
+    rc = main(["tokenize", str(f1), "--tokenizer", "deepseek-v4", "--workers", "2", "--out", str(out), "--verify",
+               "--stats", "--min-parallel-chars", "0", "--backend", "library"])  # fmt: skip
+    assert rc == 0
+    assert np.load(out).tolist() == reference(tok.obj, text)
+    err = capsys.readouterr().err
+    assert "speedup" in err and "verified identical" in err
+    assert not list(tmp_path.glob(".ids.npy.*"))  # no temporary file left behind
+    jl = tmp_path / "ids.jsonl"
+    assert main(["tokenize", str(f1), str(f2), "--tokenizer", "deepseek-v4", "--out", str(jl)]) == 0
+    lines = [json.loads(line) for line in jl.read_text().splitlines()]
+    assert [d["file"] for d in lines] == [str(f1), str(f2)]
+    assert lines[0]["ids"] == reference(tok.obj, text)
+    assert lines[1]["ids"] == reference(tok.obj, "second file ✓")
+
+
+def test_cli_stdin(monkeypatch, capsys, get_preset):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"Hello world, tokenization!")))
+    assert main(["tokenize", "--tokenizer", "cl100k"]) == 0
+    assert capsys.readouterr().out.split() == ["9906", "1917", "11", "4037", "2065", "0"]
+
+
+def test_cli_invalid_utf8(tmp_path, capsys, get_preset):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"hello \xe4\xb8 world")
+    assert main(["tokenize", str(bad), "--tokenizer", "mistral-v1"]) == 2
+    assert "invalid UTF-8 at byte offset 6" in capsys.readouterr().err
+    assert main(["tokenize", str(bad), "--tokenizer", "mistral-v1", "--errors", "replace"]) == 0
+    sp = get_preset("mistral-v1").obj
+    assert capsys.readouterr().out.split() == [str(i) for i in sp.encode("hello \ufffd world")]
+
+
+def test_cli_bad_arguments(tmp_path, capsys):
+    f = tmp_path / "a.txt"
+    f.write_text("x")
+    assert main(["tokenize", str(f), "--out", str(tmp_path / "ids.txt")]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert main(["tokenize", str(f), str(f), "--out", str(tmp_path / "ids.npy")]) == 2
+    assert main(["tokenize", str(f), "--tokenizer", "nope"]) == 2
+    assert "presets" in capsys.readouterr().err
+    assert main(["tokenize", str(tmp_path / "missing.txt")]) == 2
+
+
+def test_report_section_quick(tmp_path):
+    from lowbit.report.section import SectionContext
+    from lowbit.tokenize.report_section import SECTION
+
+    assert SECTION.name == "tokenize" and SECTION.order == 20
+    out = SECTION.run(SectionContext(quick=True, seed=0, out_dir=Path(tmp_path)))
+    assert out.summary["all_exact"] is True
+    assert any("<table>" in b for b in out.blocks) and any("data:image/png" in b for b in out.blocks)
+    json.dumps(out.summary)
+
+
+@pytest.mark.slow
+def test_large_file_memory_bounded(tmp_path, get_preset):
+    """A 20 MB file: peak memory stays a small multiple of the text (no per-chunk copies of the whole text)."""
+    import resource
+
+    text = make_text("code", 20_000_000)
+    path = tmp_path / "big.txt"
+    path.write_text(text, encoding="utf-8")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = tmp_path / "big.npy"
+    assert main(["tokenize", str(path), "--tokenizer", "cl100k", "--out", str(out), "--no-progress"]) == 0
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 400  # text (20 MB str + 20 MB bytes) + ids (~5M x 4 B) + slack; not O(chunks x text)
+    assert np.load(out).tolist() == get_preset("cl100k").obj.encode_ordinary(text)
