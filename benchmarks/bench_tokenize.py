@@ -212,6 +212,30 @@ def bench_one(name: str, loaded: Any, kind: str, n_bytes: int, quick: bool) -> d
     return row
 
 
+def small_input_overhead(names: list[str]) -> list[dict[str, Any]]:
+    """Overhead of ``ParallelTokenizer.encode`` (all defaults) over the library's own call, called directly, on a
+    16 KB input (below ``min_parallel_chars``: one library call, or one fastokens call where it is the default)."""
+    rows = []
+    for name in names:
+        loaded = load_tokenizer(name)
+        text = sized_text("mixed", 16 * KB)
+        obj = loaded.obj
+        if loaded.kind == "tiktoken":
+            raw = obj.encode_ordinary
+        elif loaded.kind == "hf":
+            raw = lambda t, obj=obj: obj.encode(t, add_special_tokens=False).ids  # noqa: E731
+        else:
+            raw = obj.encode
+        with ParallelTokenizer(loaded, workers=2) as pt:
+            assert pt.encode(text) == raw(text)
+            t_lib = median_time(lambda raw=raw, text=text: raw(text), repeats=15, min_seconds=0.02)
+            t_pt = median_time(lambda pt=pt, text=text: pt.encode(text), repeats=15, min_seconds=0.02)
+        rows.append({"tokenizer": name, "chars": len(text), "library_s": t_lib, "lowbit_s": t_pt,
+                     "overhead_pct": 100 * (t_pt / t_lib - 1)})  # fmt: skip
+    print_table(["tokenizer", "chars", "library s", "lowbit s", "overhead %"], [list(r.values()) for r in rows])
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes and three tokenizers (~2 min)")
@@ -237,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"naive wrong {row['naive_wrong']} exact {all(row['exact'].values())}",
                     flush=True,
                 )
+    small_rows = small_input_overhead(names)
     header = [
         "tokenizer", "text", "MB", "seq MB/s", "naive2 s", "wrong", "lopt1 s", "lopt2 s", "x lopt2", "thr2 s",
         "x thr2", "default first s", "default warm s", "fastok first s", "fastok warm s", "lopt+fastok first s",
@@ -257,7 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     print_table(header, table)
     path = write_results(
         args.name or ("tokenize_quick" if args.quick else "tokenize"),
-        {"quick": args.quick, "workers": 2, "columns": header, "rows": rows, "table": table},
+        {
+            "quick": args.quick,
+            "workers": 2,
+            "columns": header,
+            "rows": rows,
+            "table": table,
+            "small_input_overhead": small_rows,
+        },
     )
     print(f"results written to {path}")
     return 0 if all(all(r["exact"].values()) for r in rows) else 1

@@ -155,6 +155,20 @@ class ParallelTokenizer:
         >>> ParallelTokenizer("qwen2", workers=1).encode("Hello world, tokenization!")   # doctest: +SKIP
         [9707, 1879, 11, 3950, 2022, 0]
         """
+        if (
+            isinstance(text, str)
+            and len(text) < self.config.min_parallel_chars
+            and not (add_special_tokens or self.verify or self._closed)
+            and not isinstance(self.backend, FastokensBackend)
+            and _SURROGATE.search(text) is None
+        ):
+            # Below the threshold: the library's own call, returning its own list (no numpy round trip), so
+            # short inputs pay no measurable overhead.
+            if isinstance(self.backend, TiktokenBackend):
+                self.backend.check_disallowed(text)
+            if on_progress:
+                on_progress(len(text), len(text))
+            return self.backend.reference(text)
         return self.encode_to_numpy(text, add_special_tokens=add_special_tokens, on_progress=on_progress).tolist()
 
     def encode_to_numpy(
