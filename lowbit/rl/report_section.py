@@ -44,7 +44,7 @@ def _summary(exp: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _show(out: SectionOutput, exp: dict[str, Any], label: str) -> None:
+def _show(out: SectionOutput, exp: dict[str, Any], label: str, *, figure: bool = True) -> None:
     from lowbit.rl.plots import curves_figure
     from lowbit.rl.results import TABLE_HEADER, table_rows
 
@@ -56,7 +56,8 @@ def _show(out: SectionOutput, exp: dict[str, Any], label: str) -> None:
         f"{cfg['seeds']} seeds; accuracy = greedy held-out at the last step; 'last steps' = mean over the last "
         f"{cfg['tail']} steps; ± = sd over seeds",
     )
-    out.figure(curves_figure(exp), caption=f"{label}: curves per arm (mean ± sd over seeds)")
+    if figure:
+        out.figure(curves_figure(exp), caption=f"{label}: curves per arm (mean ± sd over seeds)")
 
 
 def run(ctx: SectionContext) -> SectionOutput:
@@ -84,7 +85,9 @@ def run(ctx: SectionContext) -> SectionOutput:
         saved = json.loads(path.read_text())
         for sexp in saved["experiments"]:
             lr = sexp["config"]["lr"]
-            _show(out, sexp, f"saved run {path.name} (lr {lr:g}, written {saved.get('written', '?')})")
+            label = f"saved run {path.name} (lr {lr:g}, written {saved.get('written', '?')})"
+            # quick mode keeps to its time budget: the figure of the main run only (PNGs of all are saved beside)
+            _show(out, sexp, label, figure=not ctx.quick or path.name == "rl.json")
         out.summary[f"saved:{path.name}"] = [_summary(e) for e in saved["experiments"]]
     if not saved_paths:
         out.text(f"No saved full run in {_RESULTS}; run `lowbit rl --out benchmarks/results` to create one.")
