@@ -109,16 +109,27 @@ def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     return t, out[-1]
 
 
-def peers(name: str, loaded: Any) -> dict[str, Callable[[], Callable[[str], np.ndarray]]]:
-    """Factories of peer encoders (fresh object per call of the factory) that support this vocabulary."""
+def peers(name: str, loaded: Any) -> tuple[dict[str, Callable[[], Callable[[str], np.ndarray]]], dict[str, str]]:
+    """Factories of peer encoders that support this vocabulary, and the reason for each peer left out."""
     out: dict[str, Callable[[], Callable[[str], np.ndarray]]] = {}
-    if fastokens_available() and loaded.kind in ("tiktoken", "hf"):
+    missing: dict[str, str] = {}
+    if not fastokens_available():
+        missing["fastok"] = "fastokens not installed"
+    elif loaded.path is None:
+        missing["fastok"] = "no vocabulary file to load into fastokens"
+    elif loaded.kind == "sentencepiece" or (loaded.kind == "hf" and _byte_level_lengths(loaded.obj) is None):
+        missing["fastok"] = "not a byte-level BPE vocabulary"
+    else:
+        try:
+            make_backend(loaded, backend="fastokens")
+        except ValueError as exc:
+            missing["fastok"] = f"fastokens refuses the vocabulary: {exc}"
+    if "fastok" not in missing:
         import fastokens
 
         def fast_factory() -> Callable[[str], np.ndarray]:
             if loaded.kind == "tiktoken":
-                backend, _ = make_backend(loaded, backend="fastokens")
-                enc = backend.fast
+                enc = make_backend(loaded, backend="fastokens")[0].fast
                 return lambda t: np.frombuffer(enc.encode_batch_flat([t], split_special_tokens=True)[0], np.uint32)
             enc = fastokens.Tokenizer.from_json_str(loaded.obj.to_str())
             enc.no_padding()
@@ -126,8 +137,7 @@ def peers(name: str, loaded: Any) -> dict[str, Callable[[], Callable[[str], np.n
             enc.encode("warm up: Hello, 世界 123")
             return lambda t: np.asarray(enc.encode(t).ids, dtype=np.uint32)
 
-        if loaded.path is not None and (loaded.kind == "tiktoken" or _byte_level_lengths(loaded.obj) is not None):
-            out["fastok"] = fast_factory
+        out["fastok"] = fast_factory
     if name in ("cl100k", "o200k"):
         import bpe_openai
 
@@ -136,7 +146,9 @@ def peers(name: str, loaded: Any) -> dict[str, Callable[[], Callable[[str], np.n
             return lambda t: np.asarray(enc.encode_ordinary(t), dtype=np.uint32)
 
         out["bpe-openai"] = bpe_factory
-    return out
+    else:
+        missing["bpe-openai"] = "bpe-openai ships cl100k, o200k and voyage3 only"
+    return out, missing
 
 
 def bench_one(name: str, loaded: Any, kind: str, n_bytes: int, quick: bool) -> dict[str, Any]:
@@ -182,7 +194,9 @@ def bench_one(name: str, loaded: Any, kind: str, n_bytes: int, quick: bool) -> d
         td, idsd2 = timed(lambda: ptd.encode_to_numpy(text), repeats)
         row["default_warm_s"] = td
         exact["default"] = bool(np.array_equal(idsd, ref) and np.array_equal(idsd2, ref))
-    if fastokens_available() and "fastok" in peers(name, loaded):
+    peer_factories, missing = peers(name, loaded)
+    row["peers_left_out"] = missing
+    if "fastok" in peer_factories:
         with ParallelTokenizer(loaded, workers=2, backend="fastokens", strategy="threads", min_parallel_chars=0) as ptf:
             ptf.encode_to_numpy(text[:1000])
             start = time.perf_counter()
@@ -190,7 +204,7 @@ def bench_one(name: str, loaded: Any, kind: str, n_bytes: int, quick: bool) -> d
             row["lopt_fastok_first_s"] = time.perf_counter() - start
             exact["lopt_fastok"] = bool(np.array_equal(idsf, ref))
     best_peer = t_seq
-    for peer, factory in peers(name, loaded).items():
+    for peer, factory in peer_factories.items():
         enc = factory()
         start = time.perf_counter()
         try:
