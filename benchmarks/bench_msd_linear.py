@@ -10,7 +10,8 @@ channel, from ``W ~ N(0, 0.02²)``) and Gaussian activations ``x ~ N(0, 1)`` are
 ``dequant_fp32``    ``q·s_w`` to float32 on every call, float32 GEMM (the fastest dequant path without AMX)
 ``quantize_dynamic`` ``torch.ao.quantization.quantize_dynamic`` (per-channel qint8 weights re-quantized from W̃,
                     one dynamic 8-bit activation pass: what a PyTorch user runs today)
-``msd``             ``MSDLinear`` INT8, two passes, default kernel (fbgemm), stacked or split chosen by
+``msd``             ``MSDLinear`` INT8, two passes, default kernel ("auto": fbgemm for p·M <= 4 rows, onednn
+                    above), stacked or split chosen by
                     measuring both on this shape (``MSDLinear.tune``)
 ``msd_<kernel>``    the same with each INT8 backend (``fbgemm``, ``onednn``, ``int_mm``) and forced
                     ``stacked`` / ``split`` variants, to choose the defaults by measurement
@@ -148,7 +149,7 @@ def bench_shape(
         "times_s": times,
         "rel_err": errs,
         "bits": {c: (-math.log2(e) if e > 0 else float("inf")) for c, e in errs.items()},
-        "kernel": f"{msd.kernel}/{stacking}",
+        "kernel": f"{msd.kernel_for(m)}/{stacking}",
         "stacking_tune_s": tuned,
     }
 

@@ -38,8 +38,9 @@ class MSDConfig:
         kernel: INT8 GEMM backend: ``"fbgemm"`` (prepacked
             ``quantized::linear_with_input_q_dq_qweight_dq_output_fp32``),
             ``"onednn"`` (prepacked ``onednn::qlinear_pointwise``), ``"int_mm"`` (``torch._int_mm``, no prepack),
-            or ``"auto"`` = ``"fbgemm"`` (the fastest on the measured AVX-512 VNNI CPU, see ``docs/msd-inference.md``).
-            An unavailable backend raises; there is no silent fallback.
+            or ``"auto"``: both fbgemm and onednn prepacked, fbgemm for ``p·M <= 4`` rows (decode) and onednn above
+            (the fastest of each range on the measured AVX-512 VNNI CPU, ``docs/msd-inference.md``). An unavailable
+            backend raises; there is no silent fallback. ``MSDLinear.kernel_for(m)`` says which one runs.
         stacking: ``"stacked"`` (one GEMM over the ``p`` components stacked along M, the weight read once),
             ``"split"`` (``p`` GEMMs) or ``"auto"`` (measured once per layer and per M bucket, see
             :meth:`lowbit.msd.MSDLinear.tune`; both give bit-identical outputs).

@@ -47,14 +47,17 @@ from typing import Any
 import torch
 
 __all__ = [
+    "AUTO_SMALL_ROWS",
     "MAX_K",
     "Int8Packed",
     "available_int8_kernels",
+    "choose_kernel",
     "decompose_int8_fast",
     "int8_gemm",
     "msd_int8_linear",
     "pack_int8_weight",
     "resolve_int8_kernel",
+    "resolve_int8_kernels",
     "time_stacking",
 ]
 
@@ -90,22 +93,44 @@ def available_int8_kernels() -> tuple[str, ...]:
     return tuple(found)
 
 
+# [measured, benchmarks/results/msd_linear.json, msd_<kernel>_* columns] fbgemm is fastest for the smallest GEMMs
+# (decode, M = 1: 0.36 ms vs 0.59 ms for onednn at K = N = 4096), onednn from a few rows on (10-20 % faster at
+# M >= 128).
+AUTO_SMALL_ROWS = 4
+AUTO_KERNELS = ("fbgemm", "onednn")
+
+
 def resolve_int8_kernel(kernel: str) -> str:
-    """``"auto"`` -> ``"fbgemm"`` (measured fastest, ``docs/msd-inference.md``); an unavailable backend raises.
+    """Check one named backend (``"fbgemm"``, ``"onednn"``, ``"int_mm"``); an unavailable backend raises.
 
     Raises:
         ValueError: unknown name.
         RuntimeError: the backend is missing from this torch build (no silent fallback).
     """
-    if kernel not in ("auto", "fbgemm", "onednn", "int_mm"):
+    if kernel not in ("fbgemm", "onednn", "int_mm"):
         raise ValueError(f"kernel must be 'auto', 'fbgemm', 'onednn' or 'int_mm', got {kernel!r}")
-    chosen = "fbgemm" if kernel == "auto" else kernel
-    if chosen not in available_int8_kernels():
+    if kernel not in available_int8_kernels():
         raise RuntimeError(
-            f"INT8 kernel {chosen!r} is not available in this torch build (available: {available_int8_kernels()}); "
+            f"INT8 kernel {kernel!r} is not available in this torch build (available: {available_int8_kernels()}); "
             "pass MSDConfig(kernel=...) with one of them"
         )
-    return chosen
+    return kernel
+
+
+def resolve_int8_kernels(kernel: str) -> tuple[str, ...]:
+    """The backends a layer prepacks: ``"auto"`` -> ``("fbgemm", "onednn")`` (dispatched by :func:`choose_kernel`),
+    a named backend -> itself. Any missing backend raises (``"auto"`` needs both; name one explicitly otherwise)."""
+    if kernel == "auto":
+        return tuple(resolve_int8_kernel(k) for k in AUTO_KERNELS)
+    return (resolve_int8_kernel(kernel),)
+
+
+def choose_kernel(kernels: tuple[str, ...], rows: int) -> str:
+    """The backend for a GEMM with ``rows`` activation rows (``p·M``): the only one, or for ``"auto"`` fbgemm up to
+    ``AUTO_SMALL_ROWS`` rows and onednn above."""
+    if len(kernels) == 1:
+        return kernels[0]
+    return kernels[0] if rows <= AUTO_SMALL_ROWS else kernels[1]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -28,10 +28,11 @@ from torch import nn
 from lowbit.msd.config import MSDConfig
 from lowbit.msd.kernels import (
     Int8Packed,
+    choose_kernel,
     int8_gemm,
     msd_int8_linear,
     pack_int8_weight,
-    resolve_int8_kernel,
+    resolve_int8_kernels,
     time_stacking,
 )
 from lowbit.msd.kernels_mx import MX_MAX_K, mx_bands
@@ -83,10 +84,10 @@ class MSDLinear(nn.Module):
             self.register_buffer("weight_codes", torch.zeros(n, kp // 2, dtype=torch.uint8))
             self.register_buffer("weight_scale_exponents", torch.full((n, kp // MX_BLOCK), 127, dtype=torch.uint8))
         self.register_buffer("bias", torch.zeros(n, dtype=torch.float32) if bias else None)
-        self._int8: list[tuple[int, int, Int8Packed]] = []
-        self._mx: tuple[Int8Packed, int] | None = None
+        self._int8: dict[str, list[tuple[int, int, Int8Packed]]] = {}
+        self._mx: dict[str, tuple[Int8Packed, int]] = {}
         self._plan: dict[int, str] = {}
-        self._kernel = "none" if config.method == "dequant" else resolve_int8_kernel(config.kernel)
+        self._kernels = () if config.method == "dequant" else resolve_int8_kernels(config.kernel)
         self.register_load_state_dict_post_hook(_prepack_after_load)
 
     # ----------------------------------------------------------------------------------------------- building
@@ -122,16 +123,18 @@ class MSDLinear(nn.Module):
     def prepack(self) -> None:
         """(Re)build the kernel-side weight copies from the quantized buffers (no-op for ``method="dequant"``)."""
         self._plan = {}
-        self._int8, self._mx = [], None
+        self._int8, self._mx = {}, {}
         if self.config.method == "dequant":
             return
         if self.config.weight == "int8":
             k = self.in_features
             step = k if self.config.group_size is None else self.config.group_size
-            for g, start in enumerate(range(0, k, step)):
-                stop = min(k, start + step)
-                packed = pack_int8_weight(self.qweight[:, start:stop], self.weight_scale[:, g], self._kernel)
-                self._int8.append((start, stop, packed))
+            for kernel in self._kernels:
+                self._int8[kernel] = []
+                for g, start in enumerate(range(0, k, step)):
+                    stop = min(k, start + step)
+                    packed = pack_int8_weight(self.qweight[:, start:stop], self.weight_scale[:, g], kernel)
+                    self._int8[kernel].append((start, stop, packed))
             return
         mx = self.weight_quantized()
         values = _pad_k(mx.element_values().to(torch.float32))
@@ -142,8 +145,9 @@ class MSDLinear(nn.Module):
         flat_scale = band_scale.reshape(-1)
         if bool(((flat_scale < 2.0**-149) | (flat_scale > 2.0**127)).any()):
             raise ValueError("MXFP4 weight band scales leave the float32 range; the kernel scale would not be exact")
-        packed = pack_int8_weight(ints.reshape(-1, ints.shape[-1]), flat_scale.to(torch.float32), self._kernel)
-        self._mx = (packed, ints.shape[0])
+        for kernel in self._kernels:
+            packed = pack_int8_weight(ints.reshape(-1, ints.shape[-1]), flat_scale.to(torch.float32), kernel)
+            self._mx[kernel] = (packed, ints.shape[0])
 
     # ----------------------------------------------------------------------------------------------- views
 
@@ -186,8 +190,17 @@ class MSDLinear(nn.Module):
 
     @property
     def kernel(self) -> str:
-        """The GEMM path this layer runs: ``"fbgemm"``, ``"onednn"``, ``"int_mm"`` (MSD) or ``"dequant"``."""
-        return "dequant" if self.config.method == "dequant" else self._kernel
+        """The GEMM backends of this layer: ``"fbgemm"``, ``"onednn"``, ``"int_mm"``, ``"auto(fbgemm|onednn)"`` (MSD,
+        see :meth:`kernel_for`) or ``"dequant"``."""
+        if self.config.method == "dequant":
+            return "dequant"
+        return self._kernels[0] if len(self._kernels) == 1 else f"auto({'|'.join(self._kernels)})"
+
+    def kernel_for(self, m: int) -> str:
+        """The backend that runs for ``m`` token rows (``"dequant"`` for the baseline)."""
+        if self.config.method == "dequant":
+            return "dequant"
+        return choose_kernel(self._kernels, self.config.passes * m)
 
     @property
     def plan(self) -> dict[int, str]:
@@ -205,15 +218,15 @@ class MSDLinear(nn.Module):
         return "stacked" if self.config.passes * m <= DEFAULT_STACK_MAX_ROWS else "split"
 
     def memory_bytes(self) -> dict[str, int]:
-        """Bytes of the stored quantized weight (checkpoint) and of the kernel's prepacked copy (estimate)."""
+        """Bytes of the stored quantized weight (checkpoint) and of the kernels' prepacked copies (estimate: one
+        byte per weight and backend; ``kernel="auto"`` keeps two, fbgemm for decode and onednn for larger M)."""
         stored = sum(b.numel() * b.element_size() for n, b in self.named_buffers() if n != "bias")
         if self.config.method == "dequant":
             compute = 0
         elif self.config.weight == "int8":
-            compute = self.out_features * self.in_features
+            compute = len(self._kernels) * self.out_features * self.in_features
         else:
-            assert self._mx is not None
-            compute = self._mx[1] * self.out_features * self._mx[0].k
+            compute = sum(bw * self.out_features * packed.k for packed, bw in self._mx.values())
         return {"stored": stored, "prepacked": compute}
 
     def extra_repr(self) -> str:
@@ -239,7 +252,8 @@ class MSDLinear(nn.Module):
         with torch.no_grad():
             if self.config.weight == "int8":
                 stacked = self.stacking_for(x32.shape[0]) == "stacked"
-                y = msd_int8_linear(x32, self._int8, self.config.passes, stacked=stacked, bias=self.bias)
+                segments = self._int8[self.kernel_for(x32.shape[0])]
+                y = msd_int8_linear(x32, segments, self.config.passes, stacked=stacked, bias=self.bias)
             else:
                 y = self._mx_forward(x32)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
@@ -277,7 +291,7 @@ class MSDLinear(nn.Module):
         timings = {}
         for m in ms:
             x = torch.randn(m, self.in_features, generator=gen)
-            t = time_stacking(x, self._int8, self.config.passes, repeats=repeats)
+            t = time_stacking(x, self._int8[self.kernel_for(m)], self.config.passes, repeats=repeats)
             self._plan[_bucket(m)] = min(t, key=t.__getitem__)
             timings[m] = t
         return timings
@@ -296,9 +310,8 @@ class MSDLinear(nn.Module):
     def _mx_forward(self, x32: torch.Tensor) -> torch.Tensor:
         from lowbit.msd import decompose
 
-        assert self._mx is not None
-        packed, bw = self._mx
         m, n = x32.shape[0], self.out_features
+        packed, bw = self._mx[self.kernel_for(m)]
         d = decompose(x32, "mxfp4", passes=self.config.passes, group=MX_BLOCK, scale_rule=self.config.act_scale_rule)
         values = _pad_k(torch.cat(d.components, dim=0))
         scales = torch.cat(d.scales, dim=0)

@@ -75,7 +75,14 @@ def measure_shape(m: int, k: int, n: int, *, repeats: int = 5, seed: int = 0) ->
             y = fn().double()
             errs[name] = float((y - ref).norm() / ref.norm())
             times[name] = _median_time(fn, repeats)
-    return {"M": m, "K": k, "N": n, "times_s": times, "rel_err": errs, "kernel": f"{msd.kernel}/{msd.stacking_for(m)}"}
+    return {
+        "M": m,
+        "K": k,
+        "N": n,
+        "times_s": times,
+        "rel_err": errs,
+        "kernel": f"{msd.kernel_for(m)}/{msd.stacking_for(m)}",
+    }
 
 
 def _table(out: SectionOutput, rows: list[dict[str, Any]], caption: str) -> None:
@@ -139,10 +146,10 @@ def run(ctx: SectionContext) -> SectionOutput:
     """Table and plot from the stored benchmark (if any) plus a live measurement sized by ``ctx.quick``."""
     out = SectionOutput()
     out.text(
-        "MSD W8A16 on the CPU: the activation is split per token into two INT8 components, each multiplied with the "
-        "per-channel INT8 weight in a prepacked VNNI INT8 GEMM (fbgemm), recombined in float32. Baselines use the "
-        "same INT8 weights; errors are relative L2 against the float64 product with them; 'bits +' is the "
-        "effective-bit gain over torch.ao quantize_dynamic (one dynamic 8-bit activation pass)."
+        "MSD W8A16 on the CPU: the activation is split per token into two INT8 components, each multiplied with "
+        "the per-channel INT8 weight in a prepacked VNNI INT8 GEMM (fbgemm for decode, oneDNN above), recombined "
+        "in float32. Baselines use the same INT8 weights; errors are relative L2 against the float64 product with "
+        "them; 'bits +' is the effective-bit gain over torch.ao quantize_dynamic (one dynamic 8-bit activation pass)."
     )
     if RESULTS.is_file():
         data = json.loads(RESULTS.read_text())

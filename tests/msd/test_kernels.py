@@ -11,11 +11,13 @@ from lowbit.msd.gemm import int_gemm
 from lowbit.msd.kernels import (
     MAX_K,
     available_int8_kernels,
+    choose_kernel,
     decompose_int8_fast,
     int8_gemm,
     msd_int8_linear,
     pack_int8_weight,
     resolve_int8_kernel,
+    resolve_int8_kernels,
 )
 from lowbit.msd.kernels_mx import mx_bands
 
@@ -42,9 +44,13 @@ def _adversarial_int8(m: int, n: int, k: int, gen: torch.Generator) -> tuple[tor
     return a, b
 
 
-def test_the_fbgemm_kernel_is_available_on_this_cpu() -> None:
-    assert "fbgemm" in KERNELS
-    assert resolve_int8_kernel("auto") == "fbgemm"
+def test_auto_uses_fbgemm_for_decode_and_onednn_above() -> None:
+    assert resolve_int8_kernels("auto") == ("fbgemm", "onednn")
+    assert choose_kernel(("fbgemm", "onednn"), 2) == "fbgemm"
+    assert choose_kernel(("fbgemm", "onednn"), 16) == "onednn"
+    assert resolve_int8_kernels("int_mm") == ("int_mm",) and choose_kernel(("int_mm",), 1) == "int_mm"
+    with pytest.raises(ValueError, match="kernel"):
+        resolve_int8_kernel("auto")
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

@@ -104,6 +104,18 @@ def test_state_dict_round_trip_rebuilds_the_kernels() -> None:
         assert torch.equal(fresh(x), layer(x))
 
 
+def test_auto_kernel_dispatch_gives_the_same_numbers_as_each_backend() -> None:
+    lin = _linear(128, 40, 10)
+    auto = MSDLinear.from_linear(lin, MSDConfig())
+    assert auto.kernel == "auto(fbgemm|onednn)"
+    assert auto.kernel_for(1) == "fbgemm" and auto.kernel_for(64) == "onednn"
+    for m in (1, 64):
+        x = torch.randn(m, 128)
+        single = MSDLinear.from_linear(lin, MSDConfig(kernel=auto.kernel_for(m)))
+        assert torch.equal(auto(x), single(x))
+    assert auto.memory_bytes()["prepacked"] == 2 * 128 * 40
+
+
 def test_tune_records_a_plan_and_keeps_outputs() -> None:
     layer = MSDLinear.from_linear(_linear(128, 64, 8), MSDConfig())
     x = torch.randn(8, 128)
