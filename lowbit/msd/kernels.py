@@ -27,6 +27,8 @@ rounding, ``<= 127·2^-24`` in units of ``s_1``, i.e. below 0.4 % of the ``s_p/2
   ``float32(acc)·s_w[n]``.
 * ``"int_mm"``: ``torch._int_mm`` (int32 result, no prepack), then ``float32(acc)·s_w[n]``.
 
+``kernel="auto"`` prepacks fbgemm and onednn and picks by the number of activation rows (:func:`choose_kernel`).
+
 **Recombination** in float32: ``y = (Σ_i out_i / 254^(i-1)) / inv + bias``. ``float32(acc)`` rounds relative
 ``2^-24``; the second component is ``≈ 2^-8`` of the first, so it keeps its 16 significant bits (checked: the
 two-pass result is ~250× more accurate than one pass, ``tests/msd/test_kernels.py``).
