@@ -71,8 +71,9 @@ class ParallelTokenizer:
     ``backend``: ``"auto"`` uses fastokens when it is installed and supports the vocabulary (byte-level BPE from a
     preset, path or ``tokenizers.Tokenizer``), else the library; ``"library"`` never uses fastokens.
     ``strategy``: ``"auto"`` makes one direct fastokens call (fastokens is itself multi-threaded and was the
-    fastest path measured on 2 cores; ``"threads"`` runs LoPT on top of its batch call) and runs library
-    backends in a persistent process pool, one tokenizer load per worker (``start_method`` defaults to fork on
+    fastest path measured on 2 cores; ``"threads"`` runs LoPT on top of its batch call), LoPT over the native
+    multi-threaded batch call for HF tokenizers and SentencePiece, and LoPT over a persistent process pool for
+    tiktoken, one tokenizer load per worker (``start_method`` defaults to fork on
     POSIX, where workers inherit the loaded tokenizer; with spawn, call from under ``if __name__ == "__main__":``).
     ``"threads"`` uses the library's own batch call; ``"inline"`` encodes the chunks one after another in the
     caller; ``executor=`` runs chunks on any ``concurrent.futures.Executor`` (e.g. a Dask ``distributed``
@@ -125,6 +126,10 @@ class ParallelTokenizer:
                 # fastokens already spreads one long input over the cores; on few cores chunking it again only
                 # adds work (measured in benchmarks/bench_tokenize.py), so the default is one direct call.
                 strategy = "direct"
+            elif isinstance(self.backend, HFBackend | SentencePieceBackend) and workers > 1:
+                # HF encode_batch (rayon) and SentencePiece's num_threads batch run chunks without the GIL and
+                # beat the process pool in benchmarks/results/tokenize.json (column thr2 vs lopt2).
+                strategy = "threads"
             else:
                 strategy = "processes" if workers > 1 else "inline"
         if strategy == "processes" and isinstance(self.backend, FastokensBackend):
