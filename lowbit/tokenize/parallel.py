@@ -188,10 +188,44 @@ class ParallelTokenizer:
         return [a.tolist() for a in self.encode_batch_to_numpy(texts, add_special_tokens=add_special_tokens)]
 
     def encode_batch_to_numpy(self, texts: Sequence[str], *, add_special_tokens: bool = False) -> list[np.ndarray]:
-        """:meth:`encode_to_numpy` of every text, in order."""
+        """:meth:`encode_to_numpy` of every text, in order.
+
+        Texts below ``min_parallel_chars`` (all texts on the ``"direct"`` strategy) go together through the
+        library's own multi-threaded batch call (``encode_batch`` / ``encode_ordinary_batch`` / SentencePiece
+        ``num_threads``), which gives each text the ids of its sequential encode; longer texts go through LoPT
+        one after another, each using all workers.
+        """
         if isinstance(texts, str) or not isinstance(texts, Sequence):
             raise TypeError("texts: expected a sequence of str (use encode() for one text)")
-        return [self.encode_to_numpy(t, add_special_tokens=add_special_tokens) for t in texts]
+        if self._closed:
+            raise ValueError("ParallelTokenizer is closed")
+        checked = [self._check_text(t) for t in texts]
+        out: list[np.ndarray | None] = [None] * len(checked)
+        short = [
+            i
+            for i, t in enumerate(checked)
+            if self.strategy == "direct" or len(t) < max(self.config.min_parallel_chars, 1)
+        ]
+        if short:
+            for i in short:
+                if isinstance(self.backend, TiktokenBackend):
+                    self.backend.check_disallowed(checked[i])
+                elif isinstance(self.backend, FastokensBackend) and isinstance(self.backend.ref, TiktokenBackend):
+                    self.backend.ref.check_disallowed(checked[i])
+            threads = self.workers if self.strategy != "inline" else 1
+            group = 4096  # bounds the memory of one native batch call
+            for g in range(0, len(short), group):
+                idx = short[g : g + group]
+                encs = self.backend.encode_chunks([Piece(checked[i], 0, 0) for i in idx], threads=threads)
+                for i, enc in zip(idx, encs, strict=True):
+                    ids = enc.ids
+                    if self.verify:
+                        self._verify(checked[i], ids)
+                    out[i] = self._add_special(ids) if add_special_tokens else ids
+        for i, t in enumerate(checked):
+            if out[i] is None:
+                out[i], _ = self.encode_with_stats(t, add_special_tokens=add_special_tokens)
+        return [a for a in out if a is not None]
 
     def encode_with_stats(
         self, text: str, *, add_special_tokens: bool = False, on_progress: ProgressFn | None = None

@@ -244,3 +244,60 @@ def test_million_char_single_pretoken(get_preset):
         ids, stats = pt.encode_with_stats(text)
     assert ids.tolist() == ref
     assert stats.merge is not None and stats.merge.merges > 0
+
+
+SHORT_TEXTS = ["", "a", "中文分词", "😀 emoji 👩‍👩‍👧", "   \n\n\t  spaces", "<|endoftext|> special", "x" * 3000]
+
+
+@pytest.mark.parametrize("name", ["qwen2", "o200k", "deepseek-v4", "bert", "mistral-v1", "tekken"])
+@pytest.mark.parametrize("strategy", ["auto", "processes", "inline"])
+def test_encode_batch_mixes_native_batch_and_lopt(name, strategy, get_preset, text):
+    """Short texts share the library's batch call, long ones go through LoPT; every text equals its encode."""
+    tok = get_preset(name)
+    texts = [*SHORT_TEXTS, text, *SHORT_TEXTS[::-1]]
+    backend = "auto" if strategy == "auto" else "library"
+    with ParallelTokenizer(tok, workers=2, strategy=strategy, backend=backend, min_parallel_chars=10_000) as pt:
+        got = pt.encode_batch(texts)
+        arrays = pt.encode_batch_to_numpy(texts)
+    assert got == [reference(tok.obj, t) for t in texts]
+    assert all(a.dtype == np.uint32 for a in arrays)
+    assert [a.tolist() for a in arrays] == got
+
+
+def test_encode_batch_special_tokens_verify_and_disallowed(get_preset, text):
+    bert = get_preset("bert")
+    texts = ["short one", text, ""]
+    with ParallelTokenizer(bert, workers=2, verify=True, min_parallel_chars=10_000) as pt:
+        assert pt.encode_batch(texts, add_special_tokens=True) == [
+            bert.obj.encode(t, add_special_tokens=True).ids for t in texts
+        ]
+    qwen = get_preset("qwen2")
+    with ParallelTokenizer(qwen, workers=2, allowed_special={"<|im_start|>"}, backend="library") as pt:
+        with pytest.raises(ValueError, match="allowed_special"):
+            pt.encode_batch(["fine", "has <|endoftext|> in it"])
+    pt.close()
+    with pytest.raises(ValueError, match="closed"):
+        pt.encode_batch(["a"])
+
+
+def test_spawn_start_method_equals_library(get_preset, text):
+    """Workers started with spawn rebuild the tokenizer from its spec once and give the same ids."""
+    tok = get_preset("cl100k")
+    with ParallelTokenizer(
+        tok, workers=2, strategy="processes", backend="library", start_method="spawn", **SMALL
+    ) as pt:
+        assert pt.encode(text) == reference(tok.obj, text)
+        assert len(pt.worker_pids()) == 2
+
+
+def test_progress_callback_is_monotone_and_complete(get_preset, text):
+    tok = get_preset("mistral-v1")
+    for strategy in ("processes", "threads", "inline"):
+        seen: list[tuple[int, int]] = []
+        with ParallelTokenizer(tok, workers=2, strategy=strategy, **SMALL) as pt:
+            ids = pt.encode(text, on_progress=lambda done, total, seen=seen: seen.append((done, total)))
+        assert ids == reference(tok.obj, text)
+        assert len(seen) > 1, strategy
+        assert all(total == len(text) for _, total in seen)
+        assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+        assert seen[-1][0] == len(text), strategy
