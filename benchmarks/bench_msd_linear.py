@@ -8,6 +8,8 @@ channel, from ``W ~ N(0, 0.02²)``) and Gaussian activations ``x ~ N(0, 1)`` are
 ``bf16``            ``nn.Linear`` in bfloat16 holding ``bf16(W̃)``, bfloat16 activations
 ``dequant_bf16``    W8A16 baseline: ``bf16(q·s_w)`` on every call, bfloat16 GEMM (``MSDLinear`` method="dequant")
 ``dequant_fp32``    ``q·s_w`` to float32 on every call, float32 GEMM (the fastest dequant path without AMX)
+``w8a16_fused``     ``torch._weight_int8pack_mm``: torch's fused CPU W8A16 kernel (bf16 activations and scales,
+                    the weight dequantized in registers; what torchao's int8 weight-only config runs)
 ``quantize_dynamic`` ``torch.ao.quantization.quantize_dynamic`` (per-channel qint8 weights re-quantized from W̃,
                     one dynamic 8-bit activation pass: what a PyTorch user runs today)
 ``msd``             ``MSDLinear`` INT8, two passes, default kernel ("auto": fbgemm for p·M <= 4 rows, onednn
@@ -120,6 +122,11 @@ def bench_shape(
     deq = _layer(k, n, MSDConfig(weight="int8", method="dequant"), weights["int8"])
     run("dequant_bf16", lambda: deq(xb))
     run("dequant_fp32", lambda: deq(x))
+    if hasattr(torch, "_weight_int8pack_mm"):
+        # The fused W8A16 kernel torch ships for CPU (dequantizes in registers; what torchao's int8 weight-only
+        # config runs): int8 weight [N, K], per-channel bf16 scales, bf16 activations.
+        q8, s8 = msd.qweight, msd.weight_scale[:, 0].to(torch.bfloat16).contiguous()
+        run("w8a16_fused", lambda: torch._weight_int8pack_mm(xb, q8, s8))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
@@ -202,12 +209,16 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for r in rows:
         t, e = r["times_s"], r["rel_err"]
         dq = min(t["dequant_bf16"], t["dequant_fp32"])
+        fused = t.get("w8a16_fused")
         entry = {
             "M": r["M"],
             "K": r["K"],
             "N": r["N"],
             "speedup_vs_fp32": t["fp32"] / t["msd"],
             "speedup_vs_best_dequant": dq / t["msd"],
+            "speedup_vs_fused_w8a16": None if fused is None else fused / t["msd"],
+            "speedup_vs_bf16": t["bf16"] / t["msd"],
+            "speedup_vs_quantize_dynamic": t["quantize_dynamic"] / t["msd"],
             "bits_gain_vs_quantize_dynamic": math.log2(e["quantize_dynamic"] / e["msd"]),
             "msd_rel_err": e["msd"],
         }
@@ -247,16 +258,18 @@ def main(argv: list[str] | None = None) -> int:
             )
     e2e = {} if args.no_e2e else bench_e2e(args.quick)
     summary = summarize(rows)
-    columns = ["fp32", "bf16", "dequant_bf16", "dequant_fp32", "quantize_dynamic", "msd"]
-    header = ["M", "K", "N", *[f"{c} ms" for c in columns], "x fp32", "x dequant", "msd err", "qd err", "kernel"]
+    columns = ["fp32", "bf16", "dequant_bf16", "dequant_fp32", "w8a16_fused", "quantize_dynamic", "msd"]
+    header = ["M", "K", "N", *[f"{c} ms" for c in columns], "x fp32", "x dequant", "x fused", "x bf16", "x qdyn"]
+    header += ["msd err", "qd err", "kernel"]
     table = []
     for r, c in zip(rows, summary["checks"], strict=True):
         t = r["times_s"]
         table.append(
             [
                 *(r["M"], r["K"], r["N"]),
-                *[t[col] * 1e3 for col in columns],
-                *(c["speedup_vs_fp32"], c["speedup_vs_best_dequant"]),
+                *[t[col] * 1e3 if col in t else "-" for col in columns],
+                *(c["speedup_vs_fp32"], c["speedup_vs_best_dequant"], c["speedup_vs_fused_w8a16"] or "-"),
+                *(c["speedup_vs_bf16"], c["speedup_vs_quantize_dynamic"]),
                 *(r["rel_err"]["msd"], r["rel_err"]["quantize_dynamic"], r["kernel"]),
             ]
         )

@@ -181,7 +181,9 @@ class MSDLinear(nn.Module):
         n, k = self.out_features, self.in_features
         if self.config.weight == "int8":
             g = self.weight_scale.shape[1]
-            w = (self.qweight.view(n, g, k // g) * self.weight_scale.unsqueeze(-1)).view(n, k)
+            # Convert, then scale in place: the same float32 products as ``q * s`` with type promotion, 2-3x
+            # faster on the CPU (the mixed-dtype broadcast takes a slow path), so the baseline is not handicapped.
+            w = self.qweight.to(torch.float32).view(n, g, k // g).mul_(self.weight_scale.unsqueeze(-1)).view(n, k)
         else:
             values = formats.decode_element(formats.unpack_nibbles(self.weight_codes), "e2m1")
             scales = formats.decode_e8m0(self.weight_scale_exponents)
