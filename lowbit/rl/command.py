@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--steps", type=int, help="GRPO steps per run")
     p.add_argument("--lr", type=float, help="Adam learning rate of GRPO (default 5e-4)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel worker processes (default 1; same results)")
     p.add_argument("--out", type=Path, default=Path("rl-results"), help="folder for the results (default rl-results)")
     p.add_argument("--name", default="rl", help="file stem: NAME.json and NAME.png (default rl)")
     p.set_defaults(func=run)
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     for s in strengths:
         cfg = replace(base, strength=s)
         print(f"== dose {s}: arms {', '.join(cfg.arms)}; {cfg.seeds} seeds; {cfg.rl_steps} steps")
-        exp = run_experiment(cfg, print, init=init)
+        exp = run_experiment(cfg, print, init=init, jobs=args.jobs)
         experiments.append(exp)
         rows = table_rows(exp["table"])
         widths = [max(len(h), *(len(format_cell(r[i])) for r in rows)) for i, h in enumerate(TABLE_HEADER)]

@@ -299,28 +299,38 @@ def run_experiment(
     log: Callable[[str], None] | None = None,
     *,
     init: tuple[Mapping[str, torch.Tensor], dict] | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """SFT once (or reuse ``init`` = :func:`sft`'s result), then every arm x seed.
 
+    ``jobs`` > 1 runs the arm x seed runs in that many worker processes (``config.threads`` torch threads
+    each). Every run draws only from its own seeded generators, so the results do not depend on ``jobs``.
     Returns a JSON-serialisable dict with the config, per-run logs and the final table.
     """
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"jobs must be a positive int, got {jobs!r}")
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
         start = time.perf_counter()
         init_state, sft_info = sft(config, log) if init is None else init
-        runs = []
-        for seed in range(config.seeds):
-            for name in config.arms:
-                t0 = time.perf_counter()
-                res = run_arm(config, ARMS[name], seed, init_state)
-                runs.append(res)
-                if log:
-                    log(
-                        f"{name} seed {seed}: final acc {res['evals']['acc_fp32'][-1]:.3f}, "
-                        f"reward tail {statistics.fmean(res['steps']['reward'][-config.tail :]):.3f} "
-                        f"({time.perf_counter() - t0:.1f} s)"
-                    )
+        tasks = [(seed, name) for seed in range(config.seeds) for name in config.arms]
+
+        def report(res: Mapping[str, Any]) -> None:
+            if log:
+                log(
+                    f"{res['arm']} seed {res['seed']}: final acc {res['evals']['acc_fp32'][-1]:.3f}, "
+                    f"reward tail {statistics.fmean(res['steps']['reward'][-config.tail :]):.3f} "
+                    f"({res['seconds_wall']:.1f} s)"
+                )
+
+        if jobs == 1 or len(tasks) == 1:
+            runs = []
+            for seed, name in tasks:
+                runs.append(_timed_run(config, name, seed, init_state))
+                report(runs[-1])
+        else:
+            runs = _run_parallel(config, tasks, init_state, jobs, report)
         cfg = asdict(config)
         return {
             "config": cfg,
@@ -332,6 +342,38 @@ def run_experiment(
         }
     finally:
         torch.set_num_threads(threads)
+
+
+def _timed_run(config: ExperimentConfig, name: str, seed: int, init_state: Mapping[str, torch.Tensor]) -> dict:
+    """:func:`run_arm` by arm name (picklable for worker processes), with its wall time added."""
+    torch.set_num_threads(config.threads)
+    t0 = time.perf_counter()
+    res = run_arm(config, ARMS[name], seed, init_state)
+    res["seconds_wall"] = time.perf_counter() - t0
+    return res
+
+
+def _run_parallel(
+    config: ExperimentConfig,
+    tasks: Sequence[tuple[int, str]],
+    init_state: Mapping[str, torch.Tensor],
+    jobs: int,
+    report: Callable[[Mapping[str, Any]], None],
+) -> list[dict[str, Any]]:
+    """The runs of ``tasks`` on a process pool, returned in the order of ``tasks`` (seed-major)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_all_start_methods, get_context
+
+    ctx = get_context("fork" if "fork" in get_all_start_methods() else "spawn")
+    state = {k: v.detach().clone() for k, v in init_state.items()}
+    out: dict[tuple[int, str], dict[str, Any]] = {}
+    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx) as pool:
+        futures = {pool.submit(_timed_run, config, name, seed, state): (seed, name) for seed, name in tasks}
+        for fut in as_completed(futures):
+            res = fut.result()
+            out[futures[fut]] = res
+            report(res)
+    return [out[t] for t in tasks]
 
 
 def _cfg_dict(c: CorrectionConfig) -> dict[str, Any]:

@@ -1,13 +1,14 @@
 """The experiment's parts: task, FP8 rollout engine (against lowbit.formats), determinism, the CLI."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from lowbit.cli import main
 from lowbit.formats import fp8_cast
-from lowbit.rl.experiment import ARMS, ExperimentConfig, _response_logp, final_table, run_arm
+from lowbit.rl.experiment import ARMS, ExperimentConfig, _response_logp, final_table, run_arm, run_experiment
 from lowbit.rl.model import GPT, GPTConfig
 from lowbit.rl.rollout import STRENGTHS, QuantStrength, fake_quant, generate, quantized_copy
 from lowbit.rl.task import EOS, AdditionTask
@@ -79,6 +80,22 @@ def test_run_arm_is_deterministic_per_seed():
     assert len(a["steps"]["alpha"]) == 3 and a["evals"]["step"] == [0, 2, 3]
     table = final_table([a, b], cfg)
     assert table[0]["arm"] == "fp8-ais" and table[0]["acc_fp32_sd"] == 0.0
+
+
+def test_parallel_runs_equal_sequential_runs():
+    """``jobs`` only changes where runs execute: logs, evaluations and the final table are identical."""
+    cfg = replace(_tiny(arms=("fp8-none", "fp8-ais")), seeds=2)
+    init = (GPT(cfg.model, generator=torch.Generator().manual_seed(0)).state_dict(), {"steps": 0})
+    seq = run_experiment(cfg, init=init, jobs=1)
+    par = run_experiment(cfg, init=init, jobs=2)
+    assert [(r["arm"], r["seed"]) for r in par["runs"]] == [(r["arm"], r["seed"]) for r in seq["runs"]]
+    for a, b in zip(seq["runs"], par["runs"], strict=True):
+        assert a["steps"] == b["steps"] and a["evals"] == b["evals"]
+    timing = ("correction_share", "correction_share_sd")
+    untimed = [[{k: v for k, v in row.items() if k not in timing} for row in r["table"]] for r in (seq, par)]
+    assert untimed[0] == untimed[1]
+    with pytest.raises(ValueError, match="jobs"):
+        run_experiment(cfg, init=init, jobs=0)
 
 
 def test_config_errors():
