@@ -177,7 +177,8 @@ def calibrate_cpu(*, quick: bool = True, seed: int = 0) -> CpuCalibration:
     bandwidth = 2.0 * nbytes / _best_time(lambda: dst.copy_(src), repeats, min_s)
     w8 = torch.randint(-127, 128, (k, n), dtype=torch.int8, generator=g)
     s = torch.rand(n, 1, generator=g)
-    dequant_rate = k * n / _best_time(lambda: (w8.to(torch.float32) * s).to(torch.bfloat16), repeats, min_s)
+    # The same dequant as MSDLinear(method="dequant"): convert, scale in place, cast to BF16.
+    dequant_rate = k * n / _best_time(lambda: w8.to(torch.float32).mul_(s).to(torch.bfloat16), repeats, min_s)
     small, large = torch.randn(1, k, generator=g), torch.randn(64, k, generator=g)
     t_small = _best_time(lambda: decompose_int8_fast(small, 2, round_last=True), repeats, min_s)
     t_large = _best_time(lambda: decompose_int8_fast(large, 2, round_last=True), repeats, min_s)
