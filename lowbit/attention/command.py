@@ -4,33 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-
-def print_rich_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """Print a table with rich; floats to 3 significant digits."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title=escape(title), title_justify="left")
-    for h in header:
-        table.add_column(escape(str(h)), overflow="fold")
-    for r in rows:
-        table.add_row(*(escape(f"{c:.3g}" if isinstance(c, float) else str(c)) for c in r))
-    Console(width=200).print(table)
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+from lowbit.cli_tables import int_list, print_rich_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,10 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(msd.md §9). AMLA table: DeepSeek-V3 MLA decode, integer-add rescale vs FA-2 multiply (amla.md §6).",
     )
     p.add_argument("--table", choices=("kv", "amla", "all"), default="all", help="which table (default all)")
-    p.add_argument("--seqs", type=_int_list, default=[1024, 4096], help="KV table sequence lengths")
-    p.add_argument("--dims", type=_int_list, default=[64, 128], help="KV table head dims")
+    p.add_argument("--seqs", type=int_list, default=[1024, 4096], help="KV table sequence lengths")
+    p.add_argument("--dims", type=int_list, default=[64, 128], help="KV table head dims")
     p.add_argument("--gaussian", action="store_true", help="KV table: also keys without outlier channels")
-    p.add_argument("--amla-seqs", type=_int_list, default=[4096], help="AMLA table sequence lengths")
+    p.add_argument("--amla-seqs", type=int_list, default=[4096], help="AMLA table sequence lengths")
     p.add_argument("--block-k", type=int, default=512, help="key block size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
+from lowbit.cli_tables import int_list, print_rich_table
 from lowbit.costmodel.hardware import PRESETS, Hardware, get_hardware
 from lowbit.costmodel.models import MODELS, get_model
 from lowbit.costmodel.tables import (
@@ -19,30 +19,6 @@ from lowbit.costmodel.tables import (
 )
 
 DEFAULT_MSD_LINEAR = Path("benchmarks/results/msd_linear.json")
-
-
-def print_rich_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """Print a table with rich; floats to 4 significant digits."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title=escape(title), title_justify="left")
-    for h in header:
-        table.add_column(escape(str(h)), overflow="fold")
-    for r in rows:
-        table.add_row(*(escape(f"{c:.4g}" if isinstance(c, float) else str(c)) for c in r))
-    Console(width=200).print(table)
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,8 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="ascend-910b,ascend-950pr,h100-sxm,h200",
         help=f"comma-separated presets ({', '.join(sorted(PRESETS))}), 'cpu' (calibrated now) or .toml files",
     )
-    p.add_argument("--ms", type=_int_list, default=list(DEFAULT_MS), help="token counts M, comma-separated")
-    p.add_argument("--seqs", type=_int_list, default=list(DEFAULT_SEQS), help="KV lengths, comma-separated")
+    p.add_argument("--ms", type=int_list, default=list(DEFAULT_MS), help="token counts M, comma-separated")
+    p.add_argument("--seqs", type=int_list, default=list(DEFAULT_SEQS), help="KV lengths, comma-separated")
     p.add_argument("--plot", type=Path, default=None, help="write latency-vs-M and latency-vs-length PNG here")
     p.add_argument(
         "--compare-cpu",
@@ -110,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         ),
     }
     for key, (title, (header, rows)) in tables.items():
-        print_rich_table(title, header, rows)
+        print_rich_table(title, header, rows, digits=4)
         out[key] = {"header": header, "rows": rows}
     if args.compare_cpu:
         cal = cal or calibrate_cpu(quick=args.quick)
@@ -124,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             comp = compare_cpu(cal, measured)
             rows = [c.cells() for c in comp]
-            print_rich_table("CPU: predicted vs measured MSD speedup over dequant (W8A16)", CpuComparison.HEADER, rows)
+            print_rich_table(
+                "CPU: predicted vs measured MSD speedup over dequant (W8A16)", CpuComparison.HEADER, rows, digits=4
+            )
             out["cpu_check"] = {"header": list(CpuComparison.HEADER), "rows": rows}
         out["calibration"] = cal.as_dict()
     if args.plot is not None:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["as_float64", "as_tensor", "as_working_float", "check_name", "pow2"]
+__all__ = ["as_float64", "as_tensor", "as_working_float", "check_name", "pow2", "split_blocks"]
 
 
 def as_tensor(x: Any, name: str) -> torch.Tensor:
@@ -68,3 +68,27 @@ def pow2(e: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     if dtype == torch.float32:
         return ((e.to(torch.int32) + 127) << 23).view(torch.float32)
     return ((e.to(torch.int64) + 1023) << 52).view(torch.float64)
+
+
+def split_blocks(
+    xw: torch.Tensor, axis: Any, block: int, pad: bool, what: str
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Blocks of ``block`` elements along ``axis``: returns ``(xm, xb, axis)`` with ``xm`` = ``xw`` with ``axis``
+    moved last (zero-padded to a multiple of ``block`` when ``pad``), ``xb`` = ``xm`` as ``[..., n/block, block]``
+    and ``axis`` normalised to ``[0, dim)``. A size that is not a multiple of ``block`` without ``pad`` is a
+    ``ValueError`` naming ``what`` (e.g. ``"block=32"``)."""
+    if xw.dim() == 0:
+        raise ValueError("x must have at least one dimension to block along")
+    if isinstance(axis, bool) or not isinstance(axis, int) or not -xw.dim() <= axis < xw.dim():
+        raise ValueError(f"axis must be an int in [{-xw.dim()}, {xw.dim() - 1}] for x of shape {tuple(xw.shape)}")
+    axis %= xw.dim()
+    n = xw.shape[axis]
+    xm = xw.movedim(axis, -1)
+    if n % block:
+        if not pad:
+            raise ValueError(
+                f"x has size {n} along axis {axis}, not a multiple of {what}; "
+                "pass pad=True to pad with zeros or choose another block/axis"
+            )
+        xm = torch.nn.functional.pad(xm, (0, block - n % block))
+    return xm, xm.reshape(*xm.shape[:-1], -1, block), axis

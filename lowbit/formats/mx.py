@@ -33,7 +33,7 @@ import torch
 
 from lowbit.formats.e8m0 import SCALE_RULES, decode_e8m0, encode_e8m0, shared_exponent
 from lowbit.formats.elements import ElementFormat, decode_element, element_format, encode_checked
-from lowbit.formats.inputs import as_working_float, check_name, pow2
+from lowbit.formats.inputs import as_working_float, check_name, pow2, split_blocks
 
 __all__ = ["MX_FORMATS", "MXTensor", "mx_quantize", "pack_nibbles", "unpack_nibbles"]
 
@@ -180,21 +180,7 @@ def mx_quantize(
     if f.bits == 4 and block % 2:
         raise ValueError(f"block must be even for {f.name} (two codes per byte), got {block}")
     xw = as_working_float(x, "x")
-    if xw.dim() == 0:
-        raise ValueError("x must have at least one dimension to block along")
-    if not isinstance(axis, int) or not -xw.dim() <= axis < xw.dim():
-        raise ValueError(f"axis must be an int in [{-xw.dim()}, {xw.dim() - 1}] for x of shape {tuple(xw.shape)}")
-    axis %= xw.dim()
-    n = xw.shape[axis]
-    xm = xw.movedim(axis, -1)
-    if n % block:
-        if not pad:
-            raise ValueError(
-                f"x has size {n} along axis {axis}, not a multiple of block={block}; "
-                "pass pad=True to pad with zeros or choose another block/axis"
-            )
-        xm = torch.nn.functional.pad(xm, (0, block - n % block))
-    xb = xm.reshape(*xm.shape[:-1], -1, block)
+    xm, xb, axis = split_blocks(xw, axis, block, pad, f"block={block}")
 
     amax, finite = _block_amax(xb)
     exp = shared_exponent(amax, f, scale_rule)

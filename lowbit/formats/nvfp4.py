@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from lowbit.formats.elements import ELEMENT_FORMATS, decode_element, encode_checked
-from lowbit.formats.inputs import as_float64
+from lowbit.formats.inputs import as_float64, split_blocks
 from lowbit.formats.mx import pack_nibbles, unpack_nibbles
 
 __all__ = ["NVFP4_BLOCK", "NVFP4Tensor", "nvfp4_quantize"]
@@ -80,21 +80,7 @@ def nvfp4_quantize(x: Any, axis: int = -1, *, global_scale: bool = True, pad: bo
     ([56], [6.0, 3.0, -1.0, 0.5])
     """
     xw = as_float64(x, "x")
-    if xw.dim() == 0:
-        raise ValueError("x must have at least one dimension to block along")
-    if not isinstance(axis, int) or not -xw.dim() <= axis < xw.dim():
-        raise ValueError(f"axis must be an int in [{-xw.dim()}, {xw.dim() - 1}] for x of shape {tuple(xw.shape)}")
-    axis %= xw.dim()
-    n = xw.shape[axis]
-    xm = xw.movedim(axis, -1)
-    if n % NVFP4_BLOCK:
-        if not pad:
-            raise ValueError(
-                f"x has size {n} along axis {axis}, not a multiple of the NVFP4 block 16; "
-                "pass pad=True to pad with zeros"
-            )
-        xm = torch.nn.functional.pad(xm, (0, NVFP4_BLOCK - n % NVFP4_BLOCK))
-    xb = xm.reshape(*xm.shape[:-1], -1, NVFP4_BLOCK)
+    xm, xb, axis = split_blocks(xw, axis, NVFP4_BLOCK, pad, "the NVFP4 block 16")
     finite = torch.isfinite(xb).all(dim=-1, keepdim=True)
     xb = xb.masked_fill(~finite, 0.0)
     amax_b = xb.abs().amax(dim=-1, keepdim=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -148,6 +149,27 @@ def match_boundary(
     return None
 
 
+class PieceList(Sequence[Piece]):
+    """The pieces of ``text`` given by ``(start, end, left_window, right_window)`` spans.
+
+    A piece's characters are sliced only when it is accessed, so at any time only the pieces a runner holds in
+    flight exist as copies, never a second copy of the whole text.
+    """
+
+    def __init__(self, text: str, spans: Sequence[tuple[int, int, int, int]]) -> None:
+        self._text = text
+        self._spans = list(spans)
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        s, e, left, right = self._spans[i]
+        return Piece(self._text[s:e], left, right)
+
+
 def lossless_encode(
     text: str, backend: Backend, run: RunFn, plan: Plan, min_match: int = 2
 ) -> tuple[np.ndarray, MergeStats]:
@@ -161,7 +183,7 @@ def lossless_encode(
     while True:
         todo = [i for i, e in enumerate(encs) if e is None]
         if todo:
-            pieces = [_piece(text, bounds, i) for i in todo]
+            pieces = PieceList(text, [_span(bounds, i) for i in todo])
             total_pieces += len(pieces)
             for i, enc in zip(todo, run(pieces), strict=True):
                 encs[i] = enc
@@ -207,11 +229,12 @@ def lossless_encode(
     return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)), stats
 
 
-def _piece(text: str, bounds: list[list[int]], i: int) -> Piece:
+def _span(bounds: list[list[int]], i: int) -> tuple[int, int, int, int]:
+    """Piece ``i``'s (start, end, left window, right window) in characters."""
     s, e = bounds[i]
     left = bounds[i - 1][1] - s if i > 0 else 0
     right = e - bounds[i + 1][0] if i + 1 < len(bounds) else 0
-    return Piece(text[s:e], max(0, left), max(0, right))
+    return s, e, max(0, left), max(0, right)
 
 
 def _merge(bounds: list[list[int]], encs: list[ChunkEncoding | None], failing: Sequence[int]) -> int:

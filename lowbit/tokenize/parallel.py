@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -357,16 +358,31 @@ class ParallelTokenizer:
         return run_remote
 
     def _submit_all(self, pieces: Sequence[Piece], report: Callable[[Sequence[Piece]], None]) -> list[ChunkEncoding]:
+        """Encode ``pieces`` in order on the pool, with at most ``2 * workers`` pieces in flight.
+
+        The bound keeps memory near a few chunks: the pieces are sliced from the text only when submitted
+        (:class:`lowbit.tokenize.lopt.PieceList`) and released once their result is back.
+        """
         ex = self._executor if self._executor is not None else self._ensure_pool()
         spec = self._spec if self._executor is not None else None
-        futures: list[Future[list[ChunkEncoding]]] = [ex.submit(encode_pieces, self._token, spec, [p]) for p in pieces]
+        ahead = max(2, 2 * self.workers)
+        pending: deque[tuple[Piece, Future[list[ChunkEncoding]]]] = deque()
         out: list[ChunkEncoding] = []
+
+        def collect() -> None:
+            p, f = pending.popleft()
+            out.extend(f.result())
+            report([p])
+
         try:
-            for p, f in zip(pieces, futures, strict=True):
-                out.extend(f.result())
-                report([p])
+            for p in pieces:
+                pending.append((p, ex.submit(encode_pieces, self._token, spec, [p])))
+                if len(pending) >= ahead:
+                    collect()
+            while pending:
+                collect()
         except BaseException:
-            for f in futures:
+            for _, f in pending:
                 f.cancel()
             raise
         return out
