@@ -8,15 +8,17 @@ Subcommands are contributed by capability subpackages: each ``lowbit/<capability
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
 from lowbit import __version__
-from lowbit._discovery import capability_modules
+from lowbit._discovery import capability_modules, command_names
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every discovered subcommand."""
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The top-level parser: with only the module of the subcommand ``argv`` names when it is known (so a
+    command loads only what it needs), else with every discovered subcommand."""
     parser = argparse.ArgumentParser(
         prog="lowbit",
         description="Low-precision LLM work, fast and checked: LoPT tokenization, MSD quantized GEMMs, "
@@ -24,14 +26,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in capability_modules("command"):
-        module.register(sub)
+    first = next((a for a in (argv or []) if not a.startswith("-")), None)
+    known = command_names()
+    if first in known:
+        importlib.import_module(known[first]).register(sub)
+    else:
+        for module in capability_modules("command"):
+            module.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand; returns the process exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()

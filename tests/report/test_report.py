@@ -1,7 +1,11 @@
+import argparse
 import json
+import subprocess
+import sys
 
 import pytest
 
+from lowbit._discovery import command_names
 from lowbit.cli import build_parser, main
 from lowbit.report import ReportConfig, build_report
 from lowbit.report.build import discover_sections
@@ -22,6 +26,23 @@ def test_sections_have_unique_names():
     names = [s.name for s in discover_sections()]
     assert len(names) == len(set(names))
     build_parser()  # every discovered command registers without clashing
+
+
+def test_command_names_read_from_source_match_the_registered_commands():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(command_names()) == set(sub.choices)
+    for name, module in command_names().items():
+        only = build_parser([name])
+        only_sub = next(a for a in only._actions if isinstance(a, argparse._SubParsersAction))
+        assert name in only_sub.choices, module
+
+
+def test_tokenize_command_does_not_load_torch():
+    """The CLI imports only the module of the command it runs: ``lowbit tokenize`` starts without torch."""
+    code = "import sys; from lowbit.cli import build_parser; build_parser(['tokenize']); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "False"
 
 
 def test_unknown_section_is_a_clear_error(tmp_path):
