@@ -22,9 +22,9 @@ from lowbit.report.machine import machine_info
 from lowbit.report.section import Section, SectionContext, SectionOutput, html_table
 
 _CSS = """
-body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+body{font-family:system-ui,sans-serif;max-width:1300px;margin:2em auto;padding:0 1em;color:#222}
 h1{border-bottom:2px solid #444}h2{border-bottom:1px solid #aaa;margin-top:2em}
-table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em;display:block;overflow-x:auto;max-width:100%}
 td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eee}
 caption{caption-side:top;font-weight:bold;text-align:left;padding:4px 0}
 figure{margin:1em 0}img{max-width:100%}figcaption{font-size:0.9em;color:#555}
