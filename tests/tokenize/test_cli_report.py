@@ -39,6 +39,29 @@ def test_cli_npy_jsonl_verify_stats(tmp_path, capsys, get_preset):
     assert lines[1]["ids"] == reference(tok.obj, "second file ✓")
 
 
+def test_cli_progress_bar_on_large_input(tmp_path, monkeypatch, get_preset):
+    """Inputs of 1 MB and more show a progress bar (rich, on stderr) driven by the chunk callbacks."""
+    import lowbit.tokenize.command as command
+
+    updates: list[int] = []
+    real = command.ParallelTokenizer.encode_with_stats
+
+    def spy(self, text, **kw):
+        cb = kw.get("on_progress")
+        assert cb is not None  # the bar is wired to the encoder
+        kw["on_progress"] = lambda done, total: (updates.append(done), cb(done, total))
+        return real(self, text, **kw)
+
+    monkeypatch.setattr(command.ParallelTokenizer, "encode_with_stats", spy)
+    text = make_text("prose", command.PROGRESS_MIN_CHARS + 1000)
+    path, out = tmp_path / "big.txt", tmp_path / "ids.npy"
+    path.write_text(text, encoding="utf-8")
+    args = ["tokenize", str(path), "--tokenizer", "mistral-v1", "--workers", "2", "--out", str(out)]
+    assert main(args) == 0
+    assert np.load(out).tolist() == reference(get_preset("mistral-v1").obj, text)
+    assert len(updates) > 1 and updates[-1] == len(text)
+
+
 def test_cli_stdin(monkeypatch, capsys, get_preset):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"Hello world, tokenization!")))
     assert main(["tokenize", "--tokenizer", "cl100k"]) == 0
