@@ -209,10 +209,7 @@ class ParallelTokenizer:
         ]
         if short:
             for i in short:
-                if isinstance(self.backend, TiktokenBackend):
-                    self.backend.check_disallowed(checked[i])
-                elif isinstance(self.backend, FastokensBackend) and isinstance(self.backend.ref, TiktokenBackend):
-                    self.backend.ref.check_disallowed(checked[i])
+                self._check_disallowed(checked[i])
             threads = self.workers if self.strategy != "inline" else 1
             group = 4096  # bounds the memory of one native batch call
             for g in range(0, len(short), group):
@@ -243,10 +240,7 @@ class ParallelTokenizer:
             if on_progress:
                 on_progress(n, n)
         else:
-            if isinstance(self.backend, TiktokenBackend):
-                self.backend.check_disallowed(text)
-            elif isinstance(self.backend, FastokensBackend) and isinstance(self.backend.ref, TiktokenBackend):
-                self.backend.ref.check_disallowed(text)
+            self._check_disallowed(text)
             plan = make_plan(n, self.workers, self.backend, self.config)
             run = self._runner(n, on_progress)
             ids, merge = lossless_encode(text, self.backend, run, plan, self.config.min_match_tokens)
@@ -313,6 +307,13 @@ class ParallelTokenizer:
                 "clean it first, e.g. text.encode('utf-8', 'replace').decode()"
             )
         return text
+
+    def _check_disallowed(self, text: str) -> None:
+        """tiktoken's special-token check (raises like the library does) for a tiktoken vocabulary, direct or
+        under fastokens; the pieces skip it, so it runs once on the whole text."""
+        b = self.backend.ref if isinstance(self.backend, FastokensBackend) else self.backend
+        if isinstance(b, TiktokenBackend):
+            b.check_disallowed(text)
 
     def _runner(self, n: int, on_progress: ProgressFn | None) -> Callable[[Sequence[Piece]], list[ChunkEncoding]]:
         done = [0]
