@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lowbit.formats import IntQuantized, pack_int4, quantize_int, unpack_int4
@@ -19,7 +19,7 @@ def ref_int(x: np.ndarray, bits: int, granularity: str, group_size: int = 128) -
         g = x
     amax = np.abs(g).max(-1, keepdims=True)
     scale = (amax / qmax).astype(np.float32).astype(np.float64)
-    scale = np.where(amax == 0, 1.0, scale)
+    scale = np.where(amax == 0, 1.0, np.where(scale == 0, 2.0**-149, scale))  # the documented underflow rule
     q = np.clip(np.rint(g / scale), -qmax, qmax).astype(np.int8).reshape(x.shape)
     return q, scale
 
@@ -76,6 +76,7 @@ def test_int4_packing():
     st.lists(st.floats(-(2.0**100), 2.0**100, width=32), min_size=8, max_size=8),
     st.sampled_from([4, 8]),
 )
+@example(values=[0.0] * 7 + [2.0**-149], bits=4)  # amax/qmax underflows float32: scale 2^-149, q = 1
 def test_hypothesis_matches_reference(values, bits):
     x = np.array(values, dtype=np.float32).reshape(2, 4)
     r = quantize_int(x, bits=bits, granularity="token")
