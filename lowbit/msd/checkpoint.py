@@ -947,8 +947,7 @@ def _read_header(path: Path) -> dict[str, _Entry]:
 
     ``safe_open`` rejects a truncated file, invalid JSON, negative or non-integer shapes, offsets that do not
     match shape × itemsize, and offsets that overlap, leave gaps or do not cover the data exactly. The same rules
-    are checked again on the header parsed here (sorted by start, contiguous from 0 to the end of the file), and
-    the names, dtypes and shapes must agree with the library's.
+    are checked again by :func:`_parse_header`, and the names, dtypes and shapes must agree with the library's.
     """
     from safetensors import safe_open
 
@@ -959,9 +958,23 @@ def _read_header(path: Path) -> dict[str, _Entry]:
             library = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
     except Exception as exc:  # SafetensorError: header length, JSON, offsets, size
         raise ValueError(f"{path} is not a valid safetensors file (truncated or corrupted): {exc}") from exc
+    entries = _parse_header(path)
+    ours = {name: (_ST_DTYPES[e.dtype], e.shape) for name, e in entries.items()}
+    if ours != library:
+        raise ValueError(f"{path} is corrupted: its header reads differently here and in the safetensors library")
+    return entries
+
+
+def _parse_header(path: Path) -> dict[str, _Entry]:
+    """Parse a safetensors header with the library's rules: 8-byte length within the file, a JSON object without
+    duplicate names, known dtypes, non-negative integer shapes and offsets, ``end - begin`` equal to shape ×
+    itemsize, and offsets that, sorted, run contiguously from 0 to the end of the file (no overlap, no gap)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        (n,) = struct.unpack("<Q", f.read(8))
+        head = f.read(8)
+        (n,) = struct.unpack("<Q", head) if len(head) == 8 else (size,)
+        if n > size - 8:
+            raise ValueError(f"{path} is truncated or corrupted: header length {n} exceeds the file size {size}")
         raw = f.read(n)
     try:
         header = json.loads(raw, object_pairs_hook=_no_duplicates)
@@ -985,12 +998,8 @@ def _read_header(path: Path) -> dict[str, _Entry]:
         nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
         if end - begin != nbytes:
             raise ValueError(f"{path} is corrupted: tensor {name!r} has {end - begin} bytes for shape {shape} {dtype}")
-        if library.get(name) != (info["dtype"], shape):
-            raise ValueError(f"{path} is corrupted: tensor {name!r} reads differently from the safetensors library")
         entries[name] = _Entry(name, dtype, shape, 8 + n + begin, nbytes)
         spans.append((begin, end, name))
-    if set(entries) != set(library):
-        raise ValueError(f"{path} is corrupted: its tensor names differ from those the safetensors library reads")
     expected = 0
     for begin, end, name in sorted(spans):
         if begin != expected:

@@ -2,16 +2,22 @@
 
 The output loads with ``lowbit.msd.load_quantized(OUT_DIR, model)``. Tensors are read, quantized and written
 one at a time (peak memory near the largest tensor, reported at the end); the output directory appears only
-when complete.
+when complete. SIGTERM and SIGHUP end the run like Ctrl-C: the temporary folder is removed (a run killed with
+SIGKILL leaves it, and the next run for the same OUT_DIR removes it).
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 __all__ = ["register"]
 
@@ -35,7 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--group-size", type=int, default=None, help="INT8 weight scale group along K (default per channel)")
     p.add_argument("--include", default=None, help="regex: quantize only 2-D *.weight tensors whose name matches")
     p.add_argument("--exclude", default=DEFAULT_EXCLUDE, help="regex: never quantize these (default: embeddings)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT_DIR if it is an empty directory or a previous lowbit output (never the model directory)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -44,6 +54,27 @@ def _peak_rss_bytes() -> int:
     """Peak resident set size of this process (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    """Turn a termination signal into ``SystemExit(128 + signum)``, so cleanup handlers run."""
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def _signals_exit() -> Iterator[None]:
+    """While active (main thread only), SIGTERM and SIGHUP raise ``SystemExit`` instead of killing the process,
+    so the temporary output folder is removed; the previous handlers are restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signums = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {s: signal.signal(s, _exit_on_signal) for s in signums}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,14 +89,17 @@ def run(args: argparse.Namespace) -> int:
     total = sum((args.model_dir / f).stat().st_size for f in files)
     start_rss = _peak_rss_bytes()
     start = time.perf_counter()
-    with Progress(
-        TextColumn("[bold]quantize[/bold] {task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-        disable=args.no_progress,
-        transient=True,
-    ) as progress:
+    with (
+        _signals_exit(),
+        Progress(
+            TextColumn("[bold]quantize[/bold] {task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            disable=args.no_progress,
+            transient=True,
+        ) as progress,
+    ):
         task = progress.add_task("", total=total)
 
         def advance(name: str, nbytes: int) -> None:
@@ -81,6 +115,12 @@ def run(args: argparse.Namespace) -> int:
             progress=advance,
         )
     mib = 1 << 20
+    if summary.skipped:
+        print(
+            f"lowbit quantize: warning: not copied (symbolic links are not followed for files other than the "
+            f"tensors; copy them yourself if you trust their targets): {', '.join(summary.skipped)}",
+            file=sys.stderr,
+        )
     print(
         f"quantized {summary.quantized} weights ({config.weight}, method={config.method}), copied {summary.copied} "
         f"tensors: {summary.bytes_in / mib:.1f} MiB -> {summary.bytes_out / mib:.1f} MiB in "
