@@ -209,7 +209,7 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's live process
+    except (PermissionError, OverflowError):  # another user's live process; a crafted pid: keep its folder
         return True
     return True
 
@@ -338,15 +338,21 @@ def _commit(tmp: Path, out_dir: Path, before: tuple[int, int] | None) -> None:
             raise changed
         _remove_tree(tmp)
         return
-    aside = _aside_name(out_dir, "old")
-    os.rename(out_dir, aside)  # a directory cannot be renamed onto an existing non-empty one's name: aside is new
-    if _identity(aside) != before:
-        _rename_noreplace(aside, out_dir)
-        raise changed
-    if not _rename_noreplace(tmp, out_dir):
-        _rename_noreplace(aside, out_dir)
-        raise changed
+    aside = _aside_name(out_dir, "old")  # no renameat2: move the checked directory aside, then ours in
+    os.rename(out_dir, aside)
+    if _identity(aside) != before or not _rename_noreplace(tmp, out_dir):
+        _put_back(aside, out_dir, changed)
     _remove_tree(aside)
+
+
+def _put_back(aside: Path, out_dir: Path, error: FileExistsError) -> None:
+    """Move ``aside`` back to ``out_dir`` and raise ``error``; if ``out_dir`` was taken meanwhile, keep ``aside``
+    under a visible name that no cleanup removes, and say so."""
+    if _rename_noreplace(aside, out_dir):
+        raise error
+    kept = out_dir.parent / f"{out_dir.name}.previous-{secrets.token_hex(4)}"
+    os.rename(aside, kept)
+    raise FileExistsError(f"{error}; the directory that was at {out_dir} is kept as {kept}")
 
 
 @contextmanager

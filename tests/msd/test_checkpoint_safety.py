@@ -285,6 +285,32 @@ def test_overwrite_does_not_replace_a_folder_swapped_in_during_the_run(tmp_path:
     _no_hidden(tmp_path)
 
 
+def test_fallback_overwrite_keeps_the_previous_output_when_out_dir_is_taken_between_renames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without renameat2 the overwrite is two renames; a folder created between them is kept, and so is the
+    previous output (under a visible name that no cleanup removes)."""
+    monkeypatch.setattr(checkpoint, "_renameat2", lambda src, dst, flags: False)
+    src = _write_source(tmp_path / "src", _tiny(), shards=1)
+    out = tmp_path / "out"
+    quantize_checkpoint(src, out, MSDConfig())
+    real = checkpoint._rename_noreplace
+
+    def racing(a: Path, b: Path) -> bool:
+        if b == out and not out.exists():
+            out.mkdir()
+            (out / "theirs.txt").write_text("another run")
+        return real(a, b)
+
+    monkeypatch.setattr(checkpoint, "_rename_noreplace", racing)
+    with pytest.raises(FileExistsError, match="is kept as"):
+        quantize_checkpoint(src, out, MSDConfig(), overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["theirs.txt"]
+    (kept,) = tmp_path.glob("out.previous-*")
+    assert (kept / "lowbit_quant.json").is_file()
+    _no_hidden(tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # interrupted runs leave nothing behind
 # ---------------------------------------------------------------------------------------------------------------
