@@ -175,7 +175,7 @@ def _copy_plain_file(src: Path, dst: Path) -> None:
 def _check_separate(model_dir: Path, out_dir: Path) -> None:
     """Refuse an ``out_dir`` that is, contains or is inside ``model_dir`` (by real path and by device/inode, so
     symbolic links, ``..`` and bind mounts do not evade it)."""
-    src, dst = Path(os.path.realpath(model_dir)), Path(os.path.realpath(out_dir))
+    src, dst = Path(os.path.realpath(model_dir)), Path(os.path.realpath(_resolve_out_dir(out_dir)))
     src_st = os.stat(src)
     relation = None
     for a in (dst, *dst.parents):
@@ -191,6 +191,15 @@ def _check_separate(model_dir: Path, out_dir: Path) -> None:
             f"output directory {out_dir} {relation} the model directory {model_dir}: refused, the source "
             "checkpoint could be overwritten or deleted; choose an output directory outside it"
         )
+
+
+def _resolve_out_dir(out_dir: str | os.PathLike[str]) -> Path:
+    """``out_dir`` with its parent resolved (links and ``..`` as the kernel follows them) and its last component
+    kept, so a link at ``out_dir`` itself stays a link (and is refused, never followed, by ``overwrite``)."""
+    out = Path(out_dir)
+    if out.name in ("", ".."):  # "/" or "a/..": the directory it denotes
+        out = Path(os.path.realpath(out))
+    return Path(os.path.realpath(out.parent)) / out.name
 
 
 def _host_tag() -> str:
@@ -363,7 +372,7 @@ def _atomic_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
         FileExistsError: ``out_dir`` exists and ``overwrite`` is false, or it cannot be replaced (not an empty
             directory or lowbit checkpoint), or it was created or replaced by someone else during the run.
     """
-    out_dir = Path(os.path.abspath(out_dir))
+    out_dir = _resolve_out_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(out_dir)
     before = _identity(out_dir)

@@ -204,6 +204,24 @@ def test_out_dir_is_never_the_source_its_parent_or_inside_it(
     _no_hidden(src)
 
 
+def test_out_dir_through_a_link_and_dotdot_goes_where_the_kernel_resolves_it(tmp_path: Path) -> None:
+    """``SRC/lnk/../q`` with ``lnk -> elsewhere/d`` is ``elsewhere/q``: checked and written there, not in SRC."""
+    src = _write_source(tmp_path / "src", _tiny(), shards=1)
+    (tmp_path / "elsewhere" / "d").mkdir(parents=True)
+    (src / "lnk").symlink_to(tmp_path / "elsewhere" / "d")
+    before = _tree(src)
+    quantize_checkpoint(src, src / "lnk" / ".." / "q", MSDConfig())
+    assert (tmp_path / "elsewhere" / "q" / "lowbit_quant.json").is_file()
+    assert _tree(src) == before and not (src / "q").exists()
+    (src / "sub").mkdir()
+    (tmp_path / "lnk2").symlink_to(src / "sub")  # lnk2/.. is SRC itself
+    with pytest.raises(ValueError, match="is the model directory"):
+        quantize_checkpoint(src, tmp_path / "lnk2" / "..", MSDConfig(), overwrite=True)
+    with pytest.raises(ValueError, match="contains the model directory"):
+        quantize_checkpoint(src, tmp_path / "lnk2" / ".." / "..", MSDConfig(), overwrite=True)
+    assert _tree(src) == before
+
+
 def test_overwrite_replaces_only_an_empty_folder_or_a_lowbit_output(tmp_path: Path, rename_mode: str) -> None:
     src = _write_source(tmp_path / "src", _tiny(), shards=1)
     out = tmp_path / "out"
