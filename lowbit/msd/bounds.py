@@ -76,11 +76,13 @@ def error_bound(
     scale_rule: str = "ceil",
     elem: str | None = None,
     amax: float | None = None,
+    int8_qmax: int = 127,
 ) -> torch.Tensor:
     """The theoretical max-abs error of :func:`lowbit.msd.decompose` with the same arguments, per group.
 
     Returns a float64 tensor of shape ``x.shape[:-1] + (n_groups,)`` (NaN for groups with non-finite input):
-    INT8 ``M/(2·127·254^(p-1))``; MX ``max(c^p·α, E8M0 floor)`` with ``c = 1/8`` for E2M1 with the ceil rule
+    INT8 ``M/(2·q·(2q)^(p-1))`` with ``q = int8_qmax`` (127: ``M/(2·127·254^(p-1))``); MX
+    ``max(c^p·α, E8M0 floor)`` with ``c = 1/8`` for E2M1 with the ceil rule
     (module docstring). Exact arithmetic is assumed: compare with ``reconstruct(torch.float64)``.
 
     >>> import torch
@@ -94,7 +96,7 @@ def error_bound(
     if fmt == "int8":
         if amax is not None:
             m = torch.where(torch.isfinite(m), float(amax), m)
-        return m / (2 * 127 * 254.0 ** (passes - 1))
+        return m / (2 * int8_qmax * (2.0 * int8_qmax) ** (passes - 1))
     bound = mx_alpha(m) * _mx_factor(elem, scale_rule) ** passes
     return torch.where(m > 0, torch.clamp(bound, min=_mx_floor(elem)), bound)
 

@@ -43,7 +43,6 @@ __all__ = ["FORMATS", "Decomposition", "decompose"]
 
 FORMATS = ("int8", "mxfp4", "mxfp8")
 _INT8_QMAX = 127
-_INT8_STEP = 2 * _INT8_QMAX  # each INT8 pass shrinks the scale by 254 (msd.md §3)
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _MX_ELEMENTS = {"mxfp4": ("e2m1",), "mxfp8": ("e4m3", "e5m2")}
 _SCALE_RULES = ("ceil", "ocp")
@@ -126,6 +125,7 @@ def decompose(
     scale_rule: str = "ceil",
     elem: str | None = None,
     amax: float | None = None,
+    int8_qmax: int = _INT8_QMAX,
 ) -> Decomposition:
     """Decompose ``x`` (float tensor, groups along the last axis) into ``passes`` low-precision components.
 
@@ -141,6 +141,9 @@ def decompose(
         elem: MX element format; ``"e2m1"`` for mxfp4, ``"e4m3"`` (default) or ``"e5m2"`` for mxfp8.
         amax: INT8 only: a fixed group maximum ``M`` to use instead of the measured one (for example 1.0 for
             softmax probabilities, msd.md §9); it must be >= every finite ``|x|``.
+        int8_qmax: INT8 only: the largest component ``q`` (127; 63 for the 7-bit components that CPUs without
+            VNNI need, :mod:`lowbit.msd.isa`). Then ``s_1 = M/q``, ``s_{i+1} = s_i/(2q)`` and the bound is
+            ``M/(2·q·(2q)^(p-1))``.
 
     Returns:
         A :class:`Decomposition`.
@@ -156,7 +159,8 @@ def decompose(
     """
     fmt, passes, group_size, scale_rule, elem = _decompose_args(x, fmt, passes, group, scale_rule, elem, amax)
     if fmt == "int8":
-        return _decompose_int8(x, passes, group_size, amax)
+        _check_qmax(int8_qmax)
+        return _decompose_int8(x, passes, group_size, amax, int8_qmax)
     return _decompose_mx(x, fmt, elem, passes, group_size, scale_rule)
 
 
@@ -236,7 +240,14 @@ def ungrouped(xg: torch.Tensor, k: int) -> torch.Tensor:
     return xg.reshape(*xg.shape[:-2], -1)[..., :k]
 
 
-def _decompose_int8(x: torch.Tensor, passes: int, group_size: int, amax: float | None) -> Decomposition:
+def _check_qmax(qmax: int) -> None:
+    if isinstance(qmax, bool) or not isinstance(qmax, int) or not 1 <= qmax <= _INT8_QMAX:
+        raise ValueError(f"int8_qmax must be an integer in [1, 127], got {qmax!r}")
+
+
+def _decompose_int8(
+    x: torch.Tensor, passes: int, group_size: int, amax: float | None, qmax: int = _INT8_QMAX
+) -> Decomposition:
     xg = grouped(x.detach().to(torch.float64), group_size)
     finite = _finite_groups(xg)  # [..., G]
     r = torch.where(finite.unsqueeze(-1), xg, 0.0)
@@ -245,16 +256,16 @@ def _decompose_int8(x: torch.Tensor, passes: int, group_size: int, amax: float |
         if bool((m > amax).any()):
             raise ValueError(f"amax={amax} is below max|x|={m.max().item()}; pass amax >= max|x|")
         m = torch.full_like(m, float(amax))
-    s = m / _INT8_QMAX
+    s = m / qmax
     nan = torch.tensor(float("nan"), dtype=torch.float64)
     components, scales = [], []
     for _ in range(passes):
         safe = torch.where(s > 0, s, 1.0).unsqueeze(-1)  # zero groups: q = 0, scale stays 0
-        q = torch.round(r / safe).clamp_(-_INT8_QMAX, _INT8_QMAX)  # torch.round is round-half-to-even
+        q = torch.round(r / safe).clamp_(-qmax, qmax)  # torch.round is round-half-to-even
         r = r - q * s.unsqueeze(-1)
         components.append(ungrouped(q, x.shape[-1]).to(torch.int8))
         scales.append(torch.where(finite, s, nan))
-        s = s / _INT8_STEP
+        s = s / (2 * qmax)
     return Decomposition("int8", tuple(components), tuple(scales), group_size, tuple(x.shape), "int8", "absmax")
 
 

@@ -1,8 +1,12 @@
 """Exact low-precision GEMM primitives used by MSD (``../shared/papers/msd.md`` §3, §5).
 
-* :func:`int_gemm`: ``A·Bᵀ`` for int8 operands with int32 accumulation (``torch._int_mm``). Exact while
-  ``K_chunk·max|a|·max|b| <= 2^31 - 1``; longer K is split into chunks that satisfy this (K <= 133144 for full
-  ±127 operands, msd.md §3) and the int32 chunk results are added in int64.
+* :func:`int_gemm`: the exact ``A·Bᵀ`` of int8 operands, as int64. It is the *reference* the fast INT8 kernels
+  are checked against, so it never calls one: the integers are multiplied in a float64 GEMM, which is exact by
+  construction whatever the summation order or instruction set, because every product (``<= 127² < 2^14``) and
+  every partial sum is an integer below ``2^53`` (K is split into chunks of at most ``(2^53 - 1)/(max|a|·max|b|)``,
+  over 5·10^11 for full ±127 operands) and the chunk results are added in int64. (Integer GEMM kernels are not
+  used here: without VNNI they saturate 16-bit pair sums, and oneDNN's AMX path can round.)
+  :func:`max_exact_k` is the separate INT32 limit of the fast kernels (K <= 133144, msd.md §3).
 * :func:`int_gemm_segments`: the same, with one partial sum per K-segment (needed when activation or weight
   scales change along K: per-K-block activations, per-group weights).
 * :func:`mx_block_gemm`: block-scaled MX×MX products. Every element value of an MX element format is an integer
@@ -39,29 +43,12 @@ def _check_int8_pair(a: torch.Tensor, b: torch.Tensor) -> None:
         raise ValueError(f"a [M, K] and b [N, K] must share K, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
 
 
-def _dense(t: torch.Tensor) -> torch.Tensor:
-    """``t`` with canonical row-major strides, size-1 dimensions included.
-
-    ``torch._int_mm`` (torch 2.13 CPU) reads the stride of size-1 dimensions: a ``[1, N]`` operand with strides
-    ``(1, 1)`` (what ``.t()`` of an ``[N, 1]`` tensor gives, and what ``.contiguous()`` keeps) returns wrong
-    numbers. The tests cover these shapes.
-    """
-    expected, step = [], 1
-    for size in reversed(t.shape):
-        expected.append(step)
-        step *= size
-    if tuple(reversed(expected)) == t.stride():
-        return t
-    out = torch.empty(t.shape, dtype=t.dtype)
-    out.copy_(t)
-    return out
-
-
 def int_gemm(a: torch.Tensor, b: torch.Tensor, *, max_chunk: int | None = None) -> torch.Tensor:
     """Exact ``a @ b.T`` for int8 ``a [M, K]`` and ``b [N, K]`` (nn.Linear layout), returned as int64 ``[M, N]``.
 
-    Each int32 GEMM covers at most :func:`max_exact_k` of K (``max_chunk`` lowers it, for tests); the chunk
-    results are summed in int64, so the result is exact for any K.
+    Each float64 GEMM covers at most ``(2^53 - 1) // (max|a|·max|b|)`` of K (``max_chunk`` lowers it, for tests),
+    so every partial sum is an integer float64 holds exactly; the chunk results are summed in int64. Exact for any
+    K on any CPU (the module docstring says why no integer kernel is used).
 
     >>> a = torch.tensor([[127, -127]], dtype=torch.int8); int_gemm(a, a).item()
     32258
@@ -71,14 +58,13 @@ def int_gemm(a: torch.Tensor, b: torch.Tensor, *, max_chunk: int | None = None) 
     n = b.shape[0]
     amax_a = int(a.abs().max()) if a.numel() else 0
     amax_b = int(b.abs().max()) if b.numel() else 0
-    chunk = max_exact_k(amax_a, amax_b)
+    chunk = max(1, (_FLOAT64_EXACT - 1) // max(1, amax_a * amax_b))
     if max_chunk is not None:
         chunk = min(chunk, max_chunk)
     out = torch.zeros(m, n, dtype=torch.int64)
-    bt = b.t()
     for start in range(0, k, chunk):
         stop = min(k, start + chunk)
-        out += torch._int_mm(_dense(a[:, start:stop]), _dense(bt[start:stop])).to(torch.int64)
+        out += (a[:, start:stop].to(torch.float64) @ b[:, start:stop].to(torch.float64).T).to(torch.int64)
     return out
 
 

@@ -15,21 +15,28 @@ the last one is left unrounded when the GEMM backend rounds its float input itse
 checked in the tests). Extra error against the float64 reference decomposition: ``t_1`` carries one float32
 rounding, ``<= 127·2^-24`` in units of ``s_1``, i.e. below 0.4 % of the ``s_p/2`` bound.
 
-**INT8 GEMM backends** (all exact INT8×INT8→INT32 accumulation, checked against ``lowbit.msd.gemm.int_gemm``):
+**INT8 GEMM backends** (exact INT8×INT8→INT32 accumulation on every CPU; :mod:`lowbit.msd.isa` decides per
+instruction set how each is fed, and checks it once per process on adversarial tiles):
 
 * ``"fbgemm"``: ``quantized::linear_with_input_q_dq_qweight_dq_output_fp32`` on a weight prepacked once with
   ``quantized::linear_prepack`` (engine ``x86``/``fbgemm``). The float input is quantized by the kernel with
-  scale 1 and zero point 128 (``u8 = q + 128``, exact for ``|q| <= 127``); the output is
-  ``float32(acc)·s_w[n]``. VNNI ``vpdpbusd`` has no 16-bit intermediate, so ``u8 = 255`` against ``±127`` does
-  not saturate (tested with adversarial rows).
-* ``"onednn"``: ``onednn::qlinear_pointwise`` with uint8 activations ``q + 128`` (zero point 128; its int8
-  activation path measured about 100× slower) and a weight prepacked by ``onednn::qlinear_prepack``; output
-  ``float32(acc)·s_w[n]``.
-* ``"int_mm"``: ``torch._int_mm`` (int32 result, no prepack), then ``float32(acc)·s_w[n]``.
+  scale 1 and the profile's zero point (``u8 = q + 128`` with VNNI, ``q + 64`` with 7-bit components without
+  it); the output is ``float32(acc)·s_w[n]``.
+* ``"onednn"``: ``onednn::qlinear_pointwise`` on a weight prepacked by ``onednn::qlinear_prepack``, with uint8
+  activations ``q + 128`` (VNNI; the signed path is ~100× slower there), signed int8 activations (AMX, where the
+  uint8 path rounds), or ``q + 64`` (7-bit, no VNNI); output ``float32(acc)·s_w[n]``.
+* ``"int_mm"``: ``torch._int_mm`` (int32 result, no prepack), then ``float32(acc)·s_w[n]``; not exact without
+  VNNI, so not used there.
 
-``kernel="auto"`` prepacks fbgemm and onednn and picks by the number of activation rows (:func:`choose_kernel`).
+``kernel="auto"`` prepacks the exact backends among fbgemm and onednn and picks by the number of activation rows
+(:func:`choose_kernel`). Without VNNI the components are 7-bit (``|q| <= 63``, ratio 126) and one more pass runs,
+so the error bound ``M/(2·63·126^p)`` stays below the 8-bit ``M/(2·127·254^(p-1))``.
 
-**Recombination** in float32: ``y = (Σ_i out_i / 254^(i-1)) / inv + bias``. ``float32(acc)`` rounds relative
+**Range.** Rows are normalised by a power of two before the decomposition (exact) and the result scaled back, so
+rows below ``~3.7e-37`` and float64 rows beyond float32's range give the reference's answer instead of 0 or
+NaN; huge or tiny weight scales are renormalised the same way at packing time.
+
+**Recombination** in float32: ``y = (Σ_i out_i / (2q)^(i-1)) / inv + bias``. ``float32(acc)`` rounds relative
 ``2^-24``; the second component is ``≈ 2^-8`` of the first, so it keeps its 16 significant bits (checked: the
 two-pass result is ~250× more accurate than one pass, ``tests/msd/test_kernels.py``).
 
@@ -39,6 +46,7 @@ INT32 accumulation is exact while ``K·127·127 < 2^31``: K <= 133144 (msd.md §
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import time
 import warnings
@@ -48,6 +56,8 @@ from typing import Any
 
 import torch
 
+from lowbit.msd.isa import KERNELS, Int8Profile, int8_profile
+
 __all__ = [
     "AUTO_SMALL_ROWS",
     "MAX_K",
@@ -55,18 +65,18 @@ __all__ = [
     "available_int8_kernels",
     "choose_kernel",
     "decompose_int8_fast",
+    "encode_activations",
+    "gemm_with_profile",
     "int8_gemm",
     "msd_int8_linear",
     "pack_int8_weight",
     "resolve_int8_kernel",
     "resolve_int8_kernels",
+    "row_exponents",
     "time_stacking",
 ]
 
 MAX_K = (2**31 - 1) // (127 * 127)  # 133144: exact int32 accumulation
-_STEP = 254.0
-_QMAX = 127.0
-_ZERO_POINT = 128  # fbgemm takes uint8 activations: u8 = q + 128
 
 
 @contextlib.contextmanager
@@ -99,37 +109,45 @@ def available_int8_kernels() -> tuple[str, ...]:
 # (decode, M = 1: 0.36 ms vs 0.59 ms for onednn at K = N = 4096), onednn from a few rows on (10-20 % faster at
 # M >= 128).
 AUTO_SMALL_ROWS = 4
-AUTO_KERNELS = ("fbgemm", "onednn")
+AUTO_KERNELS = ("fbgemm", "onednn", "int_mm")
 
 
-def resolve_int8_kernel(kernel: str) -> str:
-    """Check one named backend (``"fbgemm"``, ``"onednn"``, ``"int_mm"``); an unavailable backend raises.
+def resolve_int8_kernel(kernel: str) -> Int8Profile:
+    """The exact profile of one named backend (``"fbgemm"``, ``"onednn"``, ``"int_mm"``) on this CPU.
 
     Raises:
         ValueError: unknown name.
-        RuntimeError: the backend is missing from this torch build (no silent fallback).
+        RuntimeError: the backend is missing from this torch build, or has no exact path on this CPU (for example
+            ``int_mm`` without VNNI); the message says why and which kernels can run (no silent fallback).
     """
     if kernel not in ("fbgemm", "onednn", "int_mm"):
         raise ValueError(f"kernel must be 'auto', 'fbgemm', 'onednn' or 'int_mm', got {kernel!r}")
-    if kernel not in available_int8_kernels():
+    profile = int8_profile(kernel)
+    if isinstance(profile, str):
+        usable = [k for k in KERNELS if isinstance(int8_profile(k), Int8Profile)]
         raise RuntimeError(
-            f"INT8 kernel {kernel!r} is not available in this torch build (available: {available_int8_kernels()}); "
-            "pass MSDConfig(kernel=...) with one of them"
+            f"INT8 kernel {kernel!r} cannot run exactly here: {profile}. Exact kernels on this machine: {usable}; "
+            "pass MSDConfig(kernel=...) with one of them, or kernel='auto'"
         )
-    return kernel
+    return profile
 
 
-def resolve_int8_kernels(kernel: str) -> tuple[str, ...]:
-    """The backends a layer prepacks: ``"auto"`` -> ``("fbgemm", "onednn")`` (dispatched by :func:`choose_kernel`),
-    a named backend -> itself. Any missing backend raises (``"auto"`` needs both; name one explicitly otherwise)."""
-    if kernel == "auto":
-        return tuple(resolve_int8_kernel(k) for k in AUTO_KERNELS)
-    return (resolve_int8_kernel(kernel),)
+def resolve_int8_kernels(kernel: str) -> tuple[Int8Profile, ...]:
+    """The profiles a layer prepacks: a named backend -> itself; ``"auto"`` -> the exact backends of this CPU in
+    :data:`AUTO_KERNELS` order, at most two (the first for decode-sized GEMMs, the second above, see
+    :func:`choose_kernel`). ``"auto"`` raises only when no backend is exact here."""
+    if kernel != "auto":
+        return (resolve_int8_kernel(kernel),)
+    profiles = [p for p in (int8_profile(k) for k in AUTO_KERNELS) if isinstance(p, Int8Profile)]
+    if not profiles:
+        reasons = {k: int8_profile(k) for k in KERNELS}
+        raise RuntimeError(f"no INT8 kernel is exact on this CPU: {reasons}; use MSDConfig(method='dequant')")
+    return tuple(profiles[:2])
 
 
-def choose_kernel(kernels: tuple[str, ...], rows: int) -> str:
-    """The backend for a GEMM with ``rows`` activation rows (``p·M``): the only one, or for ``"auto"`` fbgemm up to
-    ``AUTO_SMALL_ROWS`` rows and onednn above."""
+def choose_kernel(kernels: tuple[Int8Profile, ...], rows: int) -> Int8Profile:
+    """The backend for a GEMM with ``rows`` activation rows (``p·M``): the only one, or for ``"auto"`` the first
+    (fbgemm) up to ``AUTO_SMALL_ROWS`` rows and the second above."""
     if len(kernels) == 1:
         return kernels[0]
     return kernels[0] if rows <= AUTO_SMALL_ROWS else kernels[1]
@@ -144,14 +162,33 @@ def choose_kernel(kernels: tuple[str, ...], rows: int) -> str:
 class Int8Packed:
     """An INT8 weight ``[N, K]`` with float32 per-output-channel scales, prepacked for one backend.
 
-    ``out = float32(a · qᵀ) · scale[n]`` for integer-valued activations ``a``.
+    ``out = float32(a · qᵀ) · scale[n]`` for integer-valued activations ``a``, where the kernel holds
+    ``scale = s_w · 2^-shift`` (``shift`` keeps huge or tiny weight scales inside float32's range in the
+    kernel's epilogue; the caller multiplies the result by ``2^shift``).
     """
 
     kernel: str
     handle: Any  # fbgemm LinearPackedParams, onednn packed tensor, or the [K, N] int8 transpose for int_mm
-    scale: torch.Tensor  # float32 [N]
+    scale: torch.Tensor  # float32 [N], already multiplied by 2^-shift
     n: int
     k: int
+    shift: int = 0
+
+
+_SCALE_SAFE = 2.0**64  # kernel scales are renormalised by a power of two when max |s_w| leaves [2^-64, 2^64]
+
+
+def _scale_shift(scale: torch.Tensor) -> int:
+    """Power-of-two exponent ``e`` with ``max|s| · 2^-e`` in [0.5, 1) when ``max|s|`` is outside
+    ``[2^-64, 2^64]``, else 0.
+
+    >>> _scale_shift(torch.tensor([1e30])), _scale_shift(torch.tensor([0.01]))
+    (100, 0)
+    """
+    top = float(scale.abs().max()) if scale.numel() else 0.0
+    if top == 0.0 or 1 / _SCALE_SAFE <= top <= _SCALE_SAFE:
+        return 0
+    return math.frexp(top)[1]
 
 
 def pack_int8_weight(q: torch.Tensor, scale: torch.Tensor, kernel: str) -> Int8Packed:
@@ -159,19 +196,30 @@ def pack_int8_weight(q: torch.Tensor, scale: torch.Tensor, kernel: str) -> Int8P
 
     Raises:
         TypeError: ``q`` is not int8 or ``scale`` not floating.
-        ValueError: shapes do not match, or K > 133144 (int32 accumulation would not be exact).
+        ValueError: shapes do not match, K > 133144 (int32 accumulation would not be exact), or the scales are not
+            finite or span more than float32's range.
     """
     if q.dtype != torch.int8:
         raise TypeError(f"q must be torch.int8, got {q.dtype}")
     if q.dim() != 2:
         raise ValueError(f"q must be [N, K], got shape {tuple(q.shape)}")
     n, k = q.shape
-    scale = scale.detach().reshape(-1).to(torch.float32).contiguous()
+    scale = scale.detach().reshape(-1).to(torch.float64)
     if scale.shape[0] != n:
         raise ValueError(f"scale must have N={n} entries, got {scale.shape[0]}")
     if k > MAX_K:
         raise ValueError(f"K={k} exceeds {MAX_K}: INT32 accumulation of ±127·±127 products would not be exact")
-    kernel = resolve_int8_kernel(kernel)
+    if not bool(torch.isfinite(scale).all()):
+        raise ValueError("weight scales must be finite (an out-of-range weight gives an infinite scale)")
+    shift = _scale_shift(scale)
+    scale = torch.ldexp(scale, torch.tensor(-float(shift), dtype=torch.float64)).to(torch.float32)
+    nonzero = scale != 0
+    if bool((nonzero & (scale.abs() < 2.0**-126)).any()):
+        raise ValueError("weight scales span more than float32's normal range; the kernel epilogue would round them")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be 'fbgemm', 'onednn' or 'int_mm', got {kernel!r}")
+    if kernel not in available_int8_kernels():
+        raise RuntimeError(f"INT8 kernel {kernel!r} is not available in this torch build")
     q = q.contiguous()
     if kernel == "fbgemm":
         with warnings.catch_warnings():  # torch warns that quantized tensors are deprecated on every creation
@@ -185,7 +233,7 @@ def pack_int8_weight(q: torch.Tensor, scale: torch.Tensor, kernel: str) -> Int8P
         handle = torch.ops.onednn.qlinear_prepack(q, None)
     else:
         handle = q.t().contiguous()
-    return Int8Packed(kernel, handle, scale, n, k)
+    return Int8Packed(kernel, handle, scale, n, k, shift)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -193,29 +241,62 @@ def pack_int8_weight(q: torch.Tensor, scale: torch.Tensor, kernel: str) -> Int8P
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def decompose_int8_fast(x2: torch.Tensor, passes: int, *, round_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused float32 INT8 decomposition of ``x2 [M, K]`` (formulas in the module docstring).
+def row_exponents(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row power-of-two normalisation: ``(xn, e)`` with ``xn = x2 · 2^-e`` (exact) and ``max|xn_row|`` in
+    [0.5, 1) for every finite non-zero row (``e = 0`` for zero and non-finite rows). Returns ``xn`` in float32
+    (one rounding when ``x2`` is float64, as any float32 kernel input) and ``e`` as int32 ``[M]``.
 
-    Returns ``(buf, inv)``: ``buf [passes, M, K]`` float32 with integer values in [-127, 127] (the last component
-    unrounded unless ``round_last``) and ``inv [M]`` = ``127/max|x_row|`` (0 for zero rows). Rows holding NaN/Inf
-    are zeroed here; the caller marks them NaN (``inv`` is NaN for them).
+    This keeps ``inv = q/max|x|`` finite for rows below ``~3.7e-37`` and float64 rows far above float32's range.
+    """
+    amax = torch.linalg.vector_norm(x2, ord=float("inf"), dim=1)
+    usable = torch.isfinite(amax) & (amax > 0)
+    e = torch.frexp(torch.where(usable, amax, 1.0)).exponent
+    e = torch.where(usable, e, 0).to(torch.int32)
+    if not bool((e != 0).any()):
+        return x2.to(torch.float32), e
+    work = x2 if x2.dtype in (torch.float32, torch.float64) else x2.to(torch.float32)
+    xn = torch.ldexp(work, (-e).to(work.dtype).unsqueeze(1))
+    return xn.to(torch.float32), e
+
+
+def decompose_int8_fast(
+    x2: torch.Tensor, passes: int, *, round_last: bool, qmax: int = 127
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused float32 INT8 decomposition of ``x2 [M, K]`` (formulas in the module docstring, with ``127`` replaced
+    by ``qmax`` and ``254`` by ``2·qmax``).
+
+    Returns ``(buf, inv)``: ``buf [passes, M, K]`` float32 with integer values in [-qmax, qmax] (the last component
+    unrounded unless ``round_last``) and ``inv [M]`` = ``qmax/max|x_row|`` (0 for zero rows). Rows holding NaN/Inf
+    are zeroed here; the caller marks them NaN (``inv`` is NaN for them). ``inv`` is infinite for rows below
+    ``qmax/FLT_MAX``: normalise with :func:`row_exponents` first.
     """
     m, k = x2.shape
+    step = 2.0 * qmax
     amax = torch.linalg.vector_norm(x2, ord=float("inf"), dim=1)
     finite = torch.isfinite(amax)
     if not bool(finite.all()):
         x2 = torch.where(finite.unsqueeze(1), x2, 0.0)
-    inv = torch.where(amax > 0, _QMAX / torch.where(amax > 0, amax, 1.0), 0.0)
+    inv = torch.where(amax > 0, float(qmax) / torch.where(amax > 0, amax, 1.0), 0.0)
     inv = torch.where(finite, inv, 0.0)
     buf = torch.empty(passes, m, k, dtype=torch.float32)
     work = buf[passes - 1]
     torch.mul(x2, inv.unsqueeze(1), out=work)
     for i in range(passes - 1):
         torch.round(work, out=buf[i])
-        work.sub_(buf[i]).mul_(_STEP)
+        work.sub_(buf[i]).mul_(step)
     if round_last:
         work.round_()
     return buf, torch.where(finite, inv, float("nan"))
+
+
+def encode_activations(buf: torch.Tensor, profile: Int8Profile) -> torch.Tensor:
+    """Integer-valued float32 components in the form ``profile``'s kernel takes: float32 (fbgemm quantizes them
+    itself with the profile's zero point), uint8 ``q + zero_point``, or int8 (zero point 0)."""
+    if profile.kernel == "fbgemm":
+        return buf
+    if profile.zero_point == 0:
+        return buf.to(torch.int8)
+    return buf.add_(profile.zero_point).to(torch.uint8)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -223,20 +304,24 @@ def decompose_int8_fast(x2: torch.Tensor, passes: int, *, round_last: bool) -> t
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def int8_gemm(a: torch.Tensor, w: Int8Packed) -> torch.Tensor:
-    """``float32(a · qᵀ)·scale`` for ``a [R, K]``: integer-valued float32 (fbgemm; rounded half to even by the
-    kernel when not integral), uint8 ``q + 128`` (onednn) or int8 (int_mm). Returns float32 ``[R, N]``."""
+def gemm_with_profile(a: torch.Tensor, w: Int8Packed, profile: Int8Profile) -> torch.Tensor:
+    """``float32(a · qᵀ)·scale`` for encoded activations ``a [R, K]`` (:func:`encode_activations`): integer-valued
+    float32 (fbgemm, rounded half to even by the kernel when not integral), uint8 ``q + zero_point`` or int8.
+    Returns float32 ``[R, N]`` (the kernel scale, ``s_w·2^-shift``)."""
+    if w.kernel != profile.kernel:
+        raise ValueError(f"weight packed for {w.kernel!r} used with a {profile.kernel!r} profile")
     if w.kernel == "fbgemm":
         if a.dtype != torch.float32:
             raise TypeError(f"the fbgemm kernel takes float32 activations, got {a.dtype}")
-        return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(a, 1.0, _ZERO_POINT, w.handle)
+        return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(a, 1.0, profile.zero_point, w.handle)
     if w.kernel == "onednn":
-        if a.dtype != torch.uint8:
-            raise TypeError(f"the onednn kernel takes uint8 activations (q + 128), got {a.dtype}")
+        want = torch.int8 if profile.zero_point == 0 else torch.uint8
+        if a.dtype != want:
+            raise TypeError(f"this onednn profile takes {want} activations, got {a.dtype}")
         return torch.ops.onednn.qlinear_pointwise(
             a,
             1.0,
-            _ZERO_POINT,
+            profile.zero_point,
             w.handle,
             w.scale,
             torch.zeros(w.n, dtype=torch.int64),
@@ -253,6 +338,11 @@ def int8_gemm(a: torch.Tensor, w: Int8Packed) -> torch.Tensor:
     return torch._int_mm(a, w.handle).to(torch.float32).mul_(w.scale)
 
 
+def int8_gemm(a: torch.Tensor, w: Int8Packed) -> torch.Tensor:
+    """:func:`gemm_with_profile` with this CPU's verified profile of ``w.kernel`` (raises where it has none)."""
+    return gemm_with_profile(a, w, resolve_int8_kernel(w.kernel))
+
+
 def msd_int8_linear(
     x2: torch.Tensor,
     weights: list[tuple[int, int, Int8Packed]],
@@ -260,38 +350,63 @@ def msd_int8_linear(
     *,
     stacked: bool,
     bias: torch.Tensor | None = None,
+    profile: Int8Profile | None = None,
 ) -> torch.Tensor:
-    """MSD INT8 linear ``y = x · (q ⊙ s_w)ᵀ + bias`` for float32 ``x2 [M, K]``; returns float32 ``[M, N]``.
+    """MSD INT8 linear ``y = x · (q ⊙ s_w)ᵀ + bias`` for a floating ``x2 [M, K]``.
 
     ``weights`` lists ``(k_start, k_stop, packed)`` K-segments (one for per-channel scales, one per group for
     grouped scales). ``stacked`` runs one GEMM over the ``[p·M, K]`` components, else one GEMM per component.
-    Rows of ``x2`` holding NaN/Inf give NaN rows.
+    ``profile`` (default: this CPU's verified profile of the weights' kernel) sets the component range: with a
+    7-bit profile ``passes + 1`` components of ``|q| <= 63`` run (bound ``M/(2·63·126^p)``, below the 8-bit one).
+    Rows are first normalised by a power of two (:func:`row_exponents`), so tiny rows and float64 rows beyond
+    float32's range are handled; the result is float64 for float64 ``x2``, else float32. Rows of ``x2`` holding
+    NaN/Inf give NaN rows; an empty batch gives an empty ``[0, N]`` result.
     """
     m = x2.shape[0]
-    kernel = weights[0][2].kernel
-    buf, inv = decompose_int8_fast(x2, passes, round_last=kernel != "fbgemm")
-    if kernel == "onednn":  # oneDNN's int8-activation path measured ~100x slower than uint8 with a zero point
-        buf = buf.add_(_ZERO_POINT).to(torch.uint8)
-    elif kernel == "int_mm":
-        buf = buf.to(torch.int8)
-    n = weights[0][2].n
+    first = weights[0][2]
+    profile = resolve_int8_kernel(first.kernel) if profile is None else profile
+    n = first.n
+    out_dtype = torch.float64 if x2.dtype == torch.float64 else torch.float32
+    if m == 0:
+        y0 = torch.zeros(0, n, dtype=out_dtype)
+        return y0 if bias is None else y0 + bias.to(out_dtype)
+    comps = profile.passes_for(passes)
+    step = float(profile.step)
+    xn, exponents = row_exponents(x2)
+    buf, inv = decompose_int8_fast(xn, comps, round_last=profile.kernel != "fbgemm", qmax=profile.qmax)
+    buf = encode_activations(buf, profile)
     y: torch.Tensor | None = None
     for start, stop, packed in weights:
         comp = buf if len(weights) == 1 else buf[:, :, start:stop].contiguous()
         if stacked:
-            out = int8_gemm(comp.reshape(passes * m, stop - start), packed).reshape(passes, m, n)
-            parts = [out[i] for i in range(passes)]
+            out = gemm_with_profile(comp.reshape(comps * m, stop - start), packed, profile).reshape(comps, m, n)
+            parts = [out[i] for i in range(comps)]
         else:
-            parts = [int8_gemm(comp[i], packed) for i in range(passes)]
+            parts = [gemm_with_profile(comp[i], packed, profile) for i in range(comps)]
         seg = parts[0]  # a fresh kernel output (or a row block of one): safe to update in place
-        for i in range(1, passes):
-            seg.add_(parts[i], alpha=_STEP ** (-i))
+        for i in range(1, comps):
+            seg.add_(parts[i], alpha=step ** (-i))
+        if packed.shift != first.shift:
+            seg.mul_(2.0 ** (packed.shift - first.shift))
         y = seg if y is None else y.add_(seg)
     assert y is not None
     y = y.div_(inv.unsqueeze(1)) if bool((inv != 0).all()) else _divide_rows(y, inv)
+    y = _apply_exponents(y, exponents + first.shift, out_dtype)
     if bias is not None:
-        y = y.add_(bias.to(torch.float32))
+        y = y.add_(bias.to(out_dtype))
     return y
+
+
+def _apply_exponents(y: torch.Tensor, exponents: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """``y · 2^exponents`` per row in ``out_dtype``: exact float32 multiplies while the factor is a normal float32,
+    else one float64 product rounded once (as a float32 reference would be)."""
+    if out_dtype == torch.float64:
+        return y.to(torch.float64).mul_(torch.pow(2.0, exponents.to(torch.float64)).unsqueeze(1))
+    if not bool((exponents != 0).any()):
+        return y
+    if bool(((exponents >= -126) & (exponents <= 127)).all()):
+        return y.mul_(torch.pow(2.0, exponents.to(torch.float32)).unsqueeze(1))
+    return (y.to(torch.float64) * torch.pow(2.0, exponents.to(torch.float64)).unsqueeze(1)).to(torch.float32)
 
 
 def _divide_rows(y: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
@@ -302,16 +417,21 @@ def _divide_rows(y: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
 
 
 def time_stacking(
-    x2: torch.Tensor, weights: list[tuple[int, int, Int8Packed]], passes: int, *, repeats: int = 3
+    x2: torch.Tensor,
+    weights: list[tuple[int, int, Int8Packed]],
+    passes: int,
+    *,
+    repeats: int = 3,
+    profile: Int8Profile | None = None,
 ) -> dict[str, float]:
     """Median seconds of the stacked and the split variants on ``x2`` (used by ``MSDLinear.tune``)."""
     times: dict[str, float] = {}
     for name, stacked in (("stacked", True), ("split", False)):
-        msd_int8_linear(x2, weights, passes, stacked=stacked)  # warm-up
+        msd_int8_linear(x2, weights, passes, stacked=stacked, profile=profile)  # warm-up
         samples = []
         for _ in range(repeats):
             start = time.perf_counter()
-            msd_int8_linear(x2, weights, passes, stacked=stacked)
+            msd_int8_linear(x2, weights, passes, stacked=stacked, profile=profile)
             samples.append(time.perf_counter() - start)
         times[name] = statistics.median(samples)
     return times

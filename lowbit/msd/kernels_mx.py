@@ -31,7 +31,9 @@ MX_MAX_K = (2**31 - 1) // (96 * 96)
 _BAND_LEVELS = 4  # 12 · 2^3 = 96 <= 127
 
 
-def mx_bands(values: torch.Tensor, scales: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+def mx_bands(
+    values: torch.Tensor, scales: torch.Tensor, block: int, *, levels: int = _BAND_LEVELS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Split MX rows into exact INT8 exponent bands (formulas in the module docstring).
 
     Args:
@@ -39,6 +41,8 @@ def mx_bands(values: torch.Tensor, scales: torch.Tensor, block: int) -> tuple[to
         scales: ``[R, K/block]`` block scales, powers of two (NaN marks a non-finite block: its row is ignored
             here, zero integers, and the caller makes it NaN).
         block: the MX block size.
+        levels: exponent steps per band (4: ``|c'| <= 12·2^3 = 96``; 3: ``<= 48``, for kernels that need 7-bit
+            activations on CPUs without VNNI; more bands then).
 
     Returns:
         ``(ints, band_scale)``: int8 ``[B, R, K]`` and float64 ``[B, R]`` with
@@ -58,14 +62,16 @@ def mx_bands(values: torch.Tensor, scales: torch.Tensor, block: int) -> tuple[to
     top = torch.where(usable, exponent, big).amax(dim=1, keepdim=True)
     top = torch.where(top == big, 0, top)
     d = torch.where(usable, top - exponent, 0)
-    band = d // _BAND_LEVELS
-    mult = torch.pow(2.0, (_BAND_LEVELS - 1 - d % _BAND_LEVELS).to(torch.float64))
+    if levels not in (1, 2, 3, 4):
+        raise ValueError(f"levels must be in 1..4 (12·2^(levels-1) <= 96 fits int8), got {levels}")
+    band = d // levels
+    mult = torch.pow(2.0, (levels - 1 - d % levels).to(torch.float64))
     present = torch.unique(band[usable]).tolist() if bool(usable.any()) else [0]
     ints = torch.empty(len(present), r, k, dtype=torch.int8)
     band_scale = torch.empty(len(present), r, dtype=torch.float64)
-    scaled = (c * mult.unsqueeze(-1)).to(torch.int8)  # |c·2^(3-r)| <= 96
+    scaled = (c * mult.unsqueeze(-1)).to(torch.int8)  # |c·2^(levels-1-r)| <= 12·2^(levels-1)
     for i, j in enumerate(present):
         keep = (usable & (band == j)).unsqueeze(-1)
         ints[i] = torch.where(keep, scaled, 0).reshape(r, k)
-        band_scale[i] = torch.pow(2.0, (top[:, 0] - _BAND_LEVELS * j - _BAND_LEVELS).to(torch.float64))
+        band_scale[i] = torch.pow(2.0, (top[:, 0] - levels * j - levels).to(torch.float64))
     return ints, band_scale

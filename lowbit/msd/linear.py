@@ -26,10 +26,12 @@ import torch
 from torch import nn
 
 from lowbit.msd.config import MSDConfig
+from lowbit.msd.isa import FULL_QMAX, Int8Profile
 from lowbit.msd.kernels import (
     Int8Packed,
     choose_kernel,
-    int8_gemm,
+    encode_activations,
+    gemm_with_profile,
     msd_int8_linear,
     pack_int8_weight,
     resolve_int8_kernels,
@@ -87,7 +89,9 @@ class MSDLinear(nn.Module):
         self._int8: dict[str, list[tuple[int, int, Int8Packed]]] = {}
         self._mx: dict[str, tuple[Int8Packed, int]] = {}
         self._plan: dict[int, str] = {}
-        self._kernels = () if config.method == "dequant" else resolve_int8_kernels(config.kernel)
+        self._kernels: tuple[Int8Profile, ...] = (
+            () if config.method == "dequant" else resolve_int8_kernels(config.kernel)
+        )
         self.register_load_state_dict_post_hook(_prepack_after_load)
 
     # ----------------------------------------------------------------------------------------------- building
@@ -129,7 +133,7 @@ class MSDLinear(nn.Module):
         if self.config.weight == "int8":
             k = self.in_features
             step = k if self.config.group_size is None else self.config.group_size
-            for kernel in self._kernels:
+            for kernel in (p.kernel for p in self._kernels):
                 self._int8[kernel] = []
                 for g, start in enumerate(range(0, k, step)):
                     stop = min(k, start + step)
@@ -145,7 +149,7 @@ class MSDLinear(nn.Module):
         flat_scale = band_scale.reshape(-1)
         if bool(((flat_scale < 2.0**-149) | (flat_scale > 2.0**127)).any()):
             raise ValueError("MXFP4 weight band scales leave the float32 range; the kernel scale would not be exact")
-        for kernel in self._kernels:
+        for kernel in (p.kernel for p in self._kernels):
             packed = pack_int8_weight(ints.reshape(-1, ints.shape[-1]), flat_scale.to(torch.float32), kernel)
             self._mx[kernel] = (packed, ints.shape[0])
 
@@ -196,12 +200,20 @@ class MSDLinear(nn.Module):
         see :meth:`kernel_for`) or ``"dequant"``."""
         if self.config.method == "dequant":
             return "dequant"
-        return self._kernels[0] if len(self._kernels) == 1 else f"auto({'|'.join(self._kernels)})"
+        names = [p.kernel for p in self._kernels]
+        return names[0] if len(names) == 1 else f"auto({'|'.join(names)})"
 
     def kernel_for(self, m: int) -> str:
         """The backend that runs for ``m`` token rows (``"dequant"`` for the baseline)."""
         if self.config.method == "dequant":
             return "dequant"
+        return self.profile_for(m).kernel
+
+    def profile_for(self, m: int) -> Int8Profile:
+        """The verified kernel profile (:mod:`lowbit.msd.isa`) that runs for ``m`` token rows: backend, component
+        range (8-bit, or 7-bit with one more pass on CPUs without VNNI) and activation zero point."""
+        if self.config.method == "dequant":
+            raise ValueError("method='dequant' layers run a float GEMM, not an INT8 kernel")
         return choose_kernel(self._kernels, self.config.passes * m)
 
     @property
@@ -250,18 +262,21 @@ class MSDLinear(nn.Module):
             w = self.dequantized_weight(x.dtype)
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return nn.functional.linear(x, w, bias)
-        x32 = x2.detach().to(torch.float32)  # inference only: integer GEMMs carry no gradient
+        x2 = x2.detach()  # inference only: integer GEMMs carry no gradient
         with torch.no_grad():
+            m = x2.shape[0]
+            profile = self.profile_for(m)
             if self.config.weight == "int8":
-                stacked = self.stacking_for(x32.shape[0]) == "stacked"
-                segments = self._int8[self.kernel_for(x32.shape[0])]
-                y = msd_int8_linear(x32, segments, self.config.passes, stacked=stacked, bias=self.bias)
+                stacked = self.stacking_for(m) == "stacked"
+                segments = self._int8[profile.kernel]
+                y = msd_int8_linear(x2, segments, self.config.passes, stacked=stacked, bias=self.bias, profile=profile)
             else:
-                y = self._mx_forward(x32)
+                y = self._mx_forward(x2.to(torch.float32), profile)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The exact reference in float64: ``lowbit.msd.matmul`` (``method="msd"``, same passes and scale rule)
+        """The exact reference in float64: ``lowbit.msd.matmul`` (``method="msd"``, the same decomposition as the
+        fast path on this CPU: passes, component range (:meth:`profile_for`) and scale rule)
         or ``lowbit.msd.dequant_matmul``'s exact counterpart (``x·deq(W)ᵀ`` for ``method="dequant"``)."""
         from lowbit.msd import matmul, matmul_reference
 
@@ -270,7 +285,10 @@ class MSDLinear(nn.Module):
         if self.config.method == "dequant":
             y = matmul_reference(x2, w)
         elif self.config.weight == "int8":
-            y = matmul(x2, w, passes=self.config.passes, accumulate=torch.float64)
+            # the decomposition the fast path runs here: 8-bit, or 7-bit with one more pass on CPUs without VNNI
+            profile = self.profile_for(x2.shape[0])
+            passes = profile.passes_for(self.config.passes)
+            y = matmul(x2, w, passes=passes, accumulate=torch.float64, int8_qmax=profile.qmax)
         else:
             y = matmul(
                 x2, w, passes=self.config.passes, scale_rule=self.config.act_scale_rule, accumulate=torch.float64
@@ -293,7 +311,8 @@ class MSDLinear(nn.Module):
         timings = {}
         for m in ms:
             x = torch.randn(m, self.in_features, generator=gen)
-            t = time_stacking(x, self._int8[self.kernel_for(m)], self.config.passes, repeats=repeats)
+            profile = self.profile_for(m)
+            t = time_stacking(x, self._int8[profile.kernel], self.config.passes, repeats=repeats, profile=profile)
             self._plan[_bucket(m)] = min(t, key=t.__getitem__)
             timings[m] = t
         return timings
@@ -309,22 +328,23 @@ class MSDLinear(nn.Module):
             raise ValueError(f"x must have last dimension in_features={self.in_features}, got shape {tuple(x.shape)}")
         return x.reshape(-1, self.in_features)
 
-    def _mx_forward(self, x32: torch.Tensor) -> torch.Tensor:
+    def _mx_forward(self, x32: torch.Tensor, profile: Int8Profile) -> torch.Tensor:
         from lowbit.msd import decompose
 
         m, n = x32.shape[0], self.out_features
-        packed, bw = self._mx[self.kernel_for(m)]
+        if m == 0:  # an MoE expert that received no tokens
+            y0 = torch.zeros(0, n, dtype=torch.float32)
+            return y0 if self.bias is None else y0 + self.bias
+        packed, bw = self._mx[profile.kernel]
         d = decompose(x32, "mxfp4", passes=self.config.passes, group=MX_BLOCK, scale_rule=self.config.act_scale_rule)
         values = _pad_k(torch.cat(d.components, dim=0))
         scales = torch.cat(d.scales, dim=0)
-        ints, a_scale = mx_bands(values, scales, MX_BLOCK)  # [Ba, p·M, Kp], [Ba, p·M]
+        # activation bands within the profile's range: |c'| <= 96 (4 levels) for 8-bit, <= 48 (3 levels) for 7-bit
+        levels = 4 if profile.qmax == FULL_QMAX else 3
+        ints, a_scale = mx_bands(values, scales, MX_BLOCK, levels=levels)  # [Ba, p·M, Kp], [Ba, p·M]
         ba = ints.shape[0]
-        a = ints.reshape(-1, ints.shape[-1])
-        if packed.kernel == "fbgemm":
-            a = a.to(torch.float32)
-        elif packed.kernel == "onednn":
-            a = (a.to(torch.int16) + 128).to(torch.uint8)
-        out = int8_gemm(a, packed)  # [Ba·p·M, Bw·N]
+        a = encode_activations(ints.reshape(-1, ints.shape[-1]).to(torch.float32), profile)
+        out = gemm_with_profile(a, packed, profile)  # [Ba·p·M, Bw·N]
         out = out.reshape(ba * self.config.passes, m, bw, n).sum(dim=2)
         a_scale = a_scale.reshape(ba * self.config.passes, m, 1)
         in_range = bool(((a_scale == 0) | ((a_scale >= 2.0**-126) & (a_scale <= 2.0**127))).all())

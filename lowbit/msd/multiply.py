@@ -69,13 +69,19 @@ def _act_defaults(w: WeightView, act: str | None, passes: int | None) -> tuple[s
 
 
 def _decompose_for(
-    x2: torch.Tensor, w: WeightView, act: str, passes: int, group: str | int | None, scale_rule: str
+    x2: torch.Tensor,
+    w: WeightView,
+    act: str,
+    passes: int,
+    group: str | int | None,
+    scale_rule: str,
+    int8_qmax: int = 127,
 ) -> Decomposition:
     if w.kind == "mx":
         if group not in (None, w.group_size):
             raise ValueError(f"group must equal the MX weight block ({w.group_size}) for MX weights, got {group!r}")
         return decompose(x2, act, passes=passes, group=w.group_size, scale_rule=scale_rule)
-    return decompose(x2, act, passes=passes, group=group)
+    return decompose(x2, act, passes=passes, group=group, int8_qmax=int8_qmax)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -93,6 +99,7 @@ def matmul(
     group: str | int | None = None,
     scale_rule: str = "ceil",
     accumulate: torch.dtype = torch.float32,
+    int8_qmax: int = 127,
 ) -> torch.Tensor:
     """``x · Wᵀ`` for a quantized weight ``w_q`` ``[N, K]``; returns ``[..., N]`` in ``accumulate``.
 
@@ -106,6 +113,7 @@ def matmul(
         group: INT8 activation groups, ``"row"`` (default) or a K-block size. MX: the weight's block.
         scale_rule: MX activation scale rule, ``"ceil"`` (default) or ``"ocp"``.
         accumulate: recombination dtype, ``torch.float32`` (as in the paper) or ``torch.float64``.
+        int8_qmax: INT8 activations: the largest component (127, or 63 as the fast path runs without VNNI).
 
     Rows of ``x`` holding NaN/Inf give NaN output rows; every other row is unaffected.
 
@@ -127,7 +135,7 @@ def matmul(
         y = dequant_matmul(x2, w, accumulate=accumulate)
     else:
         act, passes = _act_defaults(w, act, passes)
-        d = _decompose_for(x2, w, act, passes, group, scale_rule)
+        d = _decompose_for(x2, w, act, passes, group, scale_rule, int8_qmax)
         y = _msd_int(d, w, accumulate) if w.kind == "int" else _msd_mx(d, w, accumulate)
     return y.reshape(*x.shape[:-1], w.shape[0])
 
@@ -225,6 +233,7 @@ def matmul_error_bound(
     group: str | int | None = None,
     scale_rule: str = "ceil",
     accumulate: torch.dtype = torch.float32,
+    int8_qmax: int = 127,
 ) -> torch.Tensor:
     """Bound on ``|matmul(x, w_q, method="msd", ...) - matmul_reference(x, w_q)|`` per output, float64 ``[..., N]``.
 
@@ -237,11 +246,11 @@ def matmul_error_bound(
     w = weight_view(w_q)
     x2 = _check_inputs(x, w)
     act, passes = _act_defaults(w, act, passes)
-    d = _decompose_for(x2, w, act, passes, group, scale_rule)
+    d = _decompose_for(x2, w, act, passes, group, scale_rule, int8_qmax)
     if w.kind == "mx":
         bound = error_bound(x2, act, passes=passes, group=w.group_size, scale_rule=scale_rule)
     else:
-        bound = error_bound(x2, act, passes=passes, group=group)
+        bound = error_bound(x2, act, passes=passes, group=group, int8_qmax=int8_qmax)
     b = bound.repeat_interleave(d.group_size, dim=-1)[:, : d.shape[1]]
     w_abs = w.dequantize(torch.float64).abs()
     decomposition_term = b @ w_abs.t()

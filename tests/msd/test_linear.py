@@ -9,8 +9,13 @@ from torch import nn
 from lowbit import formats
 from lowbit.msd import matmul, matmul_error_bound, matmul_reference
 from lowbit.msd.config import MSDConfig
+from lowbit.msd.isa import Int8Profile, int8_profile
 from lowbit.msd.kernels import available_int8_kernels
 from lowbit.msd.linear import MSDLinear
+
+# kernels with an exact profile on this CPU (and under the ISA cap in force, see test_isa_caps.py)
+EXACT = tuple(k for k in available_int8_kernels() if isinstance(int8_profile(k), Int8Profile))
+INEXACT = tuple(k for k in available_int8_kernels() if k not in EXACT)
 
 
 def _linear(k: int, n: int, seed: int, bias: bool = True) -> nn.Linear:
@@ -25,7 +30,14 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
-@pytest.mark.parametrize("kernel", available_int8_kernels())
+@pytest.mark.parametrize("kernel", INEXACT)
+def test_a_kernel_without_an_exact_path_here_raises_clearly(kernel: str) -> None:
+    with pytest.raises(RuntimeError, match=f"{kernel}.*cannot run exactly here"):
+        MSDLinear(16, 8, config=MSDConfig(kernel=kernel))
+    assert MSDLinear(16, 8, config=MSDConfig(kernel="auto")).kernel != kernel
+
+
+@pytest.mark.parametrize("kernel", EXACT)
 def test_int8_msd_matches_reference_within_bound(kernel: str) -> None:
     lin = _linear(320, 48, 0, bias=False)
     layer = MSDLinear.from_linear(lin, MSDConfig(kernel=kernel))
