@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 from matplotlib.figure import Figure
 
@@ -12,8 +9,9 @@ from lowbit.attention.amla import mul_pow2_via_int_add
 from lowbit.attention.amla_errors import AmlaErrorRow, amla_error_table
 from lowbit.attention.kv_errors import KVErrorRow, kv_error_table
 from lowbit.report.section import Section, SectionContext, SectionOutput
+from lowbit.report.stored import provenance
 
-_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "attention.json"
+_RESULTS = "attention.json"
 
 
 def bit_identity_check(seed: int, n: int = 1 << 20) -> dict[str, int]:
@@ -103,23 +101,31 @@ def run(ctx: SectionContext) -> SectionOutput:
         "bit_identity_mismatches": ident,
         "msd_method_le_dequant_fraction_int8": _fraction(rows, "int8"),
     }
-    if _RESULTS.exists():
-        data = json.loads(_RESULTS.read_text(encoding="utf-8"))
+    data = ctx.results.load(_RESULTS)
+    if data is not None:
         kv = data.get("kv", [])
+        out.text(
+            f"{provenance(data, _RESULTS, ctx.results)} These are errors, not timings: the live tables above "
+            "recompute the small grid on this machine."
+        )
         out.table(
             data.get("kv_header", list(KVErrorRow.HEADER)),
             kv,
-            caption=f"Full grid from benchmarks/results/attention.json (written {data.get('written', '?')})",
+            caption=f"Full grid from {_RESULTS} (written {data.get('written', '?')})",
         )
         if data.get("amla"):
             out.table(
                 data.get("amla_header", list(AmlaErrorRow.HEADER)),
                 data["amla"],
-                caption="AMLA full grid from benchmarks/results/attention.json",
+                caption=f"AMLA full grid from {_RESULTS}",
             )
         summary["benchmark_rows"] = len(kv)
+        summary["benchmark_source"] = str(ctx.results.file(_RESULTS))
     else:
-        out.text("The full grid (up to 32K keys) is not measured yet: run benchmarks/bench_attention.py.")
+        out.text(
+            f"The full grid (up to 32K keys) is not in {ctx.results.describe()}: "
+            f"{ctx.results.rerun_hint('bench_attention.py')}."
+        )
         summary["benchmark_rows"] = 0
     out.summary.update(summary)
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from lowbit.cli_tables import int_list, print_rich_table
 from lowbit.costmodel.hardware import PRESETS, Hardware, get_hardware
@@ -18,7 +19,10 @@ from lowbit.costmodel.tables import (
     linear_table,
 )
 
-DEFAULT_MSD_LINEAR = Path("benchmarks/results/msd_linear.json")
+if TYPE_CHECKING:
+    from lowbit.costmodel.calibrate import CpuCalibration
+
+MSD_LINEAR = "msd_linear.json"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,9 +45,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--compare-cpu",
         action="store_true",
-        help="calibrate this CPU and compare predicted vs measured MSD speedup (msd_linear.json)",
+        help="calibrate this CPU and compare predicted vs measured MSD speedup (msd_linear.json of --results; "
+        "timings measured on another machine are flagged as not comparable)",
     )
-    p.add_argument("--msd-linear", type=Path, default=DEFAULT_MSD_LINEAR, help="MSDLinear benchmark results")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="stored benchmark results to read msd_linear.json from (default: the copies packaged with lowbit)",
+    )
+    p.add_argument(
+        "--msd-linear",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="MSDLinear benchmark results (overrides --results)",
+    )
     p.add_argument("--quick", action="store_true", help="quick CPU calibration")
     p.add_argument("--json", type=Path, default=None, help="also write all tables as JSON here")
     p.set_defaults(func=run)
@@ -68,7 +86,6 @@ def resolve_hardware(spec: str, *, quick: bool) -> tuple[list[Hardware], object]
 def run(args: argparse.Namespace) -> int:
     """Print the tables; optionally plot, compare with the CPU benchmark and write JSON."""
     from lowbit.costmodel.calibrate import calibrate_cpu
-    from lowbit.costmodel.cpu_check import NOT_MEASURED, CpuComparison, compare_cpu, load_measured
 
     model = get_model(args.model)
     hws, cal = resolve_hardware(args.hardware, quick=args.quick)
@@ -90,20 +107,7 @@ def run(args: argparse.Namespace) -> int:
         out[key] = {"header": header, "rows": rows}
     if args.compare_cpu:
         cal = cal or calibrate_cpu(quick=args.quick)
-        measured = load_measured(args.msd_linear)
-        if measured is None:
-            print(
-                f"CPU predicted vs measured: {NOT_MEASURED} ({args.msd_linear} does not exist; run "
-                "benchmarks/bench_msd_linear.py)"
-            )
-            out["cpu_check"] = NOT_MEASURED
-        else:
-            comp = compare_cpu(cal, measured)
-            rows = [c.cells() for c in comp]
-            print_rich_table(
-                "CPU: predicted vs measured MSD speedup over dequant (W8A16)", CpuComparison.HEADER, rows, digits=4
-            )
-            out["cpu_check"] = {"header": list(CpuComparison.HEADER), "rows": rows}
+        out["cpu_check"] = compare_with_stored(cal, args.results, args.msd_linear)
         out["calibration"] = cal.as_dict()
     if args.plot is not None:
         from lowbit.costmodel.plots import latency_figure, save_figure
@@ -113,3 +117,41 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=2, default=str))
     return 0
+
+
+def compare_with_stored(cal: CpuCalibration, results: Path | None, msd_linear: Path | None) -> dict[str, Any] | str:
+    """Print this CPU's predicted vs the stored measured MSD speedups, saying which machine measured them.
+
+    The timings come from ``msd_linear`` when given, else from ``msd_linear.json`` in ``results`` (None: the copy
+    packaged with lowbit). Returns the JSON form of the check, or ``NOT_MEASURED`` when there are no timings.
+    """
+    from lowbit.costmodel.cpu_check import NOT_MEASURED, CpuComparison, compare_cpu, load_benchmark, measured_rows
+    from lowbit.report.machine import cpu_model
+    from lowbit.report.stored import machine_caveat, results_source
+
+    if msd_linear is not None:
+        path, where = msd_linear, str(msd_linear)
+    else:
+        source = results_source(results)
+        path, where = source.file(MSD_LINEAR), f"{MSD_LINEAR} in {source.describe()}"
+    data = load_benchmark(path)
+    if data is None:
+        print(
+            f"CPU predicted vs measured: {NOT_MEASURED} ({path} does not exist; run benchmarks/bench_msd_linear.py "
+            "in a lowbit checkout and pass its folder with --results)"
+        )
+        return NOT_MEASURED
+    comparable, caveat = machine_caveat(data, cpu_model())
+    rows = [c.cells() for c in compare_cpu(cal, measured_rows(data, path))]
+    title = "CPU: predicted (this CPU, calibrated now) vs measured MSD speedup over dequant (W8A16)"
+    print_rich_table(title if comparable else f"{title} — NOT COMPARABLE", CpuComparison.HEADER, rows, digits=4)
+    print(f"Measured timings: {where}, written {data.get('written', '?')}. {caveat}")
+    return {
+        "header": list(CpuComparison.HEADER),
+        "rows": rows,
+        "measured_file": str(path),
+        "measured_on": (data.get("machine") or {}).get("cpu"),
+        "this_cpu": cpu_model(),
+        "comparable": comparable,
+        "caveat": caveat,
+    }

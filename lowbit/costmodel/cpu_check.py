@@ -1,8 +1,11 @@
 """Check the model against reality on this CPU: predicted vs measured MSD speedup over dequant.
 
-Reads ``benchmarks/results/msd_linear.json`` (written by ``benchmarks/bench_msd_linear.py``, the MSDLinear
-benchmark) when it exists, with rows ``{"M", "K", "N", "times_s": {"dequant_bf16", "msd", ...}, "kernel"}``.
-The prediction uses a :class:`~lowbit.costmodel.calibrate.CpuCalibration` and the same op sequence as
+Reads ``msd_linear.json`` (written by ``benchmarks/bench_msd_linear.py``, the MSDLinear benchmark; packaged with
+lowbit, see :mod:`lowbit.report.stored`) with rows
+``{"M", "K", "N", "times_s": {"dequant_bf16", "msd", ...}, "kernel"}``. Those timings were measured on the machine
+the file records (``machine.cpu``): a prediction from this CPU's live calibration is comparable with them only on
+the same machine, and callers say so (:func:`lowbit.report.stored.machine_caveat`). The prediction uses a
+:class:`~lowbit.costmodel.calibrate.CpuCalibration` and the same op sequence as
 :mod:`lowbit.costmodel.linear` for a decoupled device (a CPU materialises the dequantized weight) [inferred]:
 
     t_dequant = K·N / dequant_rate + t_gemm(bf16, M, K, N)
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lowbit.costmodel.calibrate import CpuCalibration
 
@@ -104,16 +108,28 @@ def predict_cpu(
     return t_dq, t_msd
 
 
-def load_measured(path: str | Path) -> list[dict] | None:
-    """The rows of ``msd_linear.json``, or None when the file is absent (the caller says "not measured yet")."""
+def measured_rows(data: Any, origin: str | Path = "msd_linear.json") -> list[dict]:
+    """The ``rows`` of a loaded ``msd_linear.json``; ``ValueError`` naming ``origin`` when the schema is wrong."""
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        raise ValueError(f"{origin}: expected a 'rows' list (schema of benchmarks/bench_msd_linear.py)")
+    return rows
+
+
+def load_benchmark(path: str | Path) -> dict[str, Any] | None:
+    """The whole ``msd_linear.json`` (rows, machine, written), or None when the file is absent."""
     p = Path(path)
     if not p.exists():
         return None
     data = json.loads(p.read_text(encoding="utf-8"))
-    rows = data.get("rows")
-    if not isinstance(rows, list):
-        raise ValueError(f"{p}: expected a 'rows' list (schema of benchmarks/bench_msd_linear.py)")
-    return rows
+    measured_rows(data, p)
+    return data
+
+
+def load_measured(path: str | Path) -> list[dict] | None:
+    """The rows of ``msd_linear.json``, or None when the file is absent (the caller says "not measured yet")."""
+    data = load_benchmark(path)
+    return None if data is None else measured_rows(data, path)
 
 
 def compare_cpu(cal: CpuCalibration, rows: list[dict]) -> list[CpuComparison]:

@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from collections.abc import Mapping
+from typing import Any
 
 from lowbit.costmodel.calibrate import CpuCalibration, calibrate_cpu, calibration_from_dict
-from lowbit.costmodel.cpu_check import NOT_MEASURED, CpuComparison, compare_cpu, load_measured
+from lowbit.costmodel.cpu_check import NOT_MEASURED, CpuComparison, compare_cpu, measured_rows
 from lowbit.costmodel.hardware import PRESETS
 from lowbit.costmodel.models import MODELS
 from lowbit.costmodel.plots import latency_figure
 from lowbit.costmodel.tables import attention_table, hardware_table, kv_bytes_table, linear_table
+from lowbit.report.machine import cpu_model
 from lowbit.report.section import Section, SectionContext, SectionOutput
+from lowbit.report.stored import machine_caveat, provenance, stored_cpu
 
-MSD_LINEAR = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "msd_linear.json"
-COSTMODEL_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "costmodel.json"
+MSD_LINEAR = "msd_linear.json"
+COSTMODEL_RESULTS = "costmodel.json"
 
 
-def benchmark_calibration(path: Path) -> CpuCalibration | None:
+def benchmark_calibration(data: Mapping[str, Any] | None) -> CpuCalibration | None:
     """The calibration stored by ``benchmarks/bench_costmodel.py`` (taken under the benchmark lock), if any."""
-    if not path.exists():
+    if data is None or "calibration" not in data:
         return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return calibration_from_dict(data["calibration"]) if "calibration" in data else None
+    return calibration_from_dict(data["calibration"])
 
 
 def cached_calibration(ctx: SectionContext) -> CpuCalibration:
@@ -79,34 +81,62 @@ def run(ctx: SectionContext) -> SectionOutput:
         caption=f"CPU calibration (K=N={cal.k}): bandwidth {cal.bandwidth / 1e9:.2f} GB/s, INT8->BF16 dequant "
         f"{cal.dequant_rate / 1e9:.3f} G elem/s, two-pass decomposition {cal.decompose_rate / 1e6:.2f} M elem/s",
     )
-    measured = load_measured(MSD_LINEAR)
-    if measured is None:
+    stored = ctx.results.load(MSD_LINEAR)
+    if stored is None:
         out.text(
-            f"CPU predicted vs measured MSD speedup: {NOT_MEASURED}. benchmarks/results/msd_linear.json does not "
-            "exist; run benchmarks/bench_msd_linear.py (the MSDLinear benchmark) and rebuild the report."
+            f"CPU predicted vs measured MSD speedup: {NOT_MEASURED}: {ctx.results.describe()} has no {MSD_LINEAR} "
+            f"(the MSDLinear benchmark); {ctx.results.rerun_hint('bench_msd_linear.py')}."
         )
         summary["cpu_check"] = NOT_MEASURED
     else:
-        bench_cal = benchmark_calibration(COSTMODEL_RESULTS)
-        which = (
-            "the calibration stored by bench_costmodel.py (taken under the benchmark lock, like msd_linear.json)"
-            if bench_cal is not None
-            else "this report's own calibration (other processes running at the same time inflate small GEMMs)"
-        )
-        comp = compare_cpu(bench_cal or cal, measured)
-        out.table(
-            list(CpuComparison.HEADER),
-            [c.cells() for c in comp],
-            caption=f"CPU: predicted vs measured (msd_linear.json) MSD speedup over BF16 dequant; prediction from "
-            f"{which}",
-        )
-        summary["cpu_check_calibration"] = "benchmark" if bench_cal is not None else "report"
-        summary["cpu_check"] = [
-            {"M": c.m, "K": c.k, "N": c.n, "pred": c.predicted_speedup, "meas": c.measured_speedup} for c in comp
-        ]
+        summary.update(_cpu_check(out, ctx, cal, stored))
     summary["calibration_seconds"] = cal.seconds
     out.summary.update(summary)
     return out
+
+
+def _cpu_check(out: SectionOutput, ctx: SectionContext, cal: CpuCalibration, stored: dict[str, Any]) -> dict[str, Any]:
+    """Predicted vs stored measured speedups, with the machine each figure comes from.
+
+    The prediction uses the calibration stored beside the timings when both record the same CPU (taken under the
+    benchmark lock on that machine), else this report's live calibration, which is then compared with timings of
+    another machine only with an explicit "not comparable".
+    """
+    measured = measured_rows(stored, ctx.results.file(MSD_LINEAR))
+    bench_data = ctx.results.load(COSTMODEL_RESULTS)
+    bench_cal = benchmark_calibration(bench_data)
+    if bench_cal is not None and stored_cpu(bench_data) != stored_cpu(stored):
+        bench_cal = None  # a calibration of another CPU than the one that measured: not used
+    here = cpu_model()
+    if bench_cal is not None:
+        which = (
+            f"the calibration stored in {COSTMODEL_RESULTS} on the machine that measured the timings "
+            f"({stored_cpu(stored)}, taken under the benchmark lock)"
+        )
+        comparable = True
+        caveat = (
+            f"Prediction and measurement both come from the stored machine (CPU {stored_cpu(stored)}), not from this "
+            f"machine (CPU {here}); this machine's own calibration is the table above."
+        )
+    else:
+        which = "this report's live calibration (other processes running at the same time inflate small GEMMs)"
+        comparable, caveat = machine_caveat(stored, here)
+    out.text(f"{provenance(stored, MSD_LINEAR, ctx.results)} {caveat}")
+    comp = compare_cpu(bench_cal or cal, measured)
+    out.table(
+        list(CpuComparison.HEADER),
+        [c.cells() for c in comp],
+        caption=f"CPU: predicted vs measured ({MSD_LINEAR}, CPU {stored_cpu(stored) or '?'}) MSD speedup over BF16 "
+        f"dequant; prediction from {which}" + ("" if comparable else " — NOT COMPARABLE: measured on another machine"),
+    )
+    return {
+        "cpu_check_calibration": "benchmark" if bench_cal is not None else "report",
+        "cpu_check_comparable": comparable,
+        "cpu_check_measured_on": stored_cpu(stored),
+        "cpu_check": [
+            {"M": c.m, "K": c.k, "N": c.n, "pred": c.predicted_speedup, "meas": c.measured_speedup} for c in comp
+        ],
+    }
 
 
 SECTION = Section(name="costmodel", title="Cost model: dequant vs MSD latency and HBM traffic", order=55, run=run)

@@ -1,5 +1,5 @@
 """Report section "formats": the format table, a live bit-exactness check against ml_dtypes, the representable
-values of each element format, and round-trip errors on Gaussian data (``../shared/papers/msd.md`` §4-§7)."""
+values of each element format, and round-trip errors on Gaussian data (the MSD method note, msd.md §4-§7)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Report section "msd": effective bits vs the paper, error vs passes, and the matmul accuracy study.
 
-``../shared/papers/msd.md`` §7 (effective bits, the 6.6 question) and §8 (accuracy against dequant baselines).
+The MSD method note (msd.md) §7 (effective bits, the 6.6 question) and §8 (accuracy against dequant baselines).
 """
 
 from __future__ import annotations

