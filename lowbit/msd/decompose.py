@@ -237,7 +237,7 @@ def _finite_groups(xg: torch.Tensor) -> torch.Tensor:
 
 def ungrouped(xg: torch.Tensor, k: int) -> torch.Tensor:
     """Inverse of :func:`grouped`: flatten the last two axes and drop the padding."""
-    return xg.reshape(*xg.shape[:-2], -1)[..., :k]
+    return xg.reshape(*xg.shape[:-2], xg.shape[-2] * xg.shape[-1])[..., :k]
 
 
 def _check_qmax(qmax: int) -> None:
@@ -274,6 +274,10 @@ def _decompose_mx(x: torch.Tensor, fmt: str, elem: str, passes: int, block: int,
         raise ValueError(f"group (the MX block) must be even for mxfp4 (two E2M1 codes per byte), got {block}")
     k = x.shape[-1]
     xg = grouped(x.detach().to(torch.float64), block)
+    if xg.numel() == 0:  # no rows (an MoE expert without tokens): empty components, no scales to compute
+        empty_scale = torch.zeros(xg.shape[:-1], dtype=torch.float64)
+        comps = tuple(torch.zeros(x.shape, dtype=torch.float32) for _ in range(passes))
+        return Decomposition(fmt, comps, (empty_scale,) * passes, block, tuple(x.shape), elem, scale_rule)
     finite = _finite_groups(xg)
     r = torch.where(finite.unsqueeze(-1), xg, 0.0)  # non-finite blocks: zero components, NaN scales below
     nan = torch.tensor(float("nan"), dtype=torch.float64)

@@ -364,7 +364,7 @@ def quantize_weight(weight: torch.Tensor, config: MSDConfig) -> dict[str, torch.
     "weight_scale_exponents"}``. Rows are quantized independently, so any row chunking gives identical bytes.
 
     Raises:
-        ValueError: NaN/Inf in the weight, or a group size that does not divide K.
+        ValueError: NaN/Inf in the weight, values beyond float32's range, or a group size that does not divide K.
     """
     from lowbit import formats
 
@@ -372,6 +372,12 @@ def quantize_weight(weight: torch.Tensor, config: MSDConfig) -> dict[str, torch.
         raise ValueError(f"weight must be 2-D [N, K], got shape {tuple(weight.shape)}")
     if not bool(torch.isfinite(weight).all()):
         raise ValueError("weight contains NaN or Inf; it cannot be quantized")
+    top = float(weight.abs().max()) if weight.numel() else 0.0
+    if top > torch.finfo(torch.float32).max:
+        raise ValueError(
+            f"weight values reach {top:.3g}, beyond float32's range: the float32 scales (INT8 max|W|/127, MXFP4 "
+            "E8M0 exponents) cannot represent them"
+        )
     if config.weight == "int8":
         if config.group_size is None:
             wq = formats.quantize_int(weight, 8, "channel")

@@ -146,7 +146,7 @@ def _msd_int(d: Decomposition, w: WeightView, accumulate: torch.dtype) -> torch.
     stacked = torch.cat(d.components, dim=0)  # [p·M, K]: one GEMM, Wq read once
     segment = math.gcd(d.group_size, w.group_size)
     if segment >= k:
-        acc = int_gemm(stacked, w.values).to(accumulate).reshape(p, m, -1)  # exact int64 -> FP32 (rounds)
+        acc = int_gemm(stacked, w.values).to(accumulate).reshape(p, m, w.shape[0])  # exact int64 -> FP32 (rounds)
         y = torch.zeros_like(acc[0])
         for i in range(p):
             y = y + d.scales[i].to(accumulate) * acc[i]
@@ -154,7 +154,7 @@ def _msd_int(d: Decomposition, w: WeightView, accumulate: torch.dtype) -> torch.
     y = torch.zeros(m, w.shape[0], dtype=accumulate)
     for start in range(0, k, segment):
         stop = min(k, start + segment)
-        acc = int_gemm(stacked[:, start:stop], w.values[:, start:stop]).to(accumulate).reshape(p, m, -1)
+        acc = int_gemm(stacked[:, start:stop], w.values[:, start:stop]).to(accumulate).reshape(p, m, w.shape[0])
         part = torch.zeros_like(acc[0])
         for i in range(p):
             part = part + d.scales[i][:, start // d.group_size : start // d.group_size + 1].to(accumulate) * acc[i]
@@ -187,7 +187,7 @@ def _msd_mx(d: Decomposition, w: WeightView, accumulate: torch.dtype) -> torch.T
         b_unit=_unit(w.elem),
         accumulate=accumulate,
     )
-    y = y.reshape(d.passes, m, -1)
+    y = y.reshape(d.passes, m, w.shape[0])
     out = y[0]
     for i in range(1, d.passes):
         out = out + y[i]

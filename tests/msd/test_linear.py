@@ -180,3 +180,59 @@ def test_config_dict_round_trip() -> None:
     assert MSDConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown"):
         MSDConfig.from_dict({**cfg.to_dict(), "speed": "max"})
+
+
+@pytest.mark.parametrize("weight", ["int8", "mxfp4"])
+@pytest.mark.parametrize("method", ["msd", "dequant"])
+def test_empty_batches_give_empty_outputs(weight: str, method: str) -> None:
+    """An MoE expert that receives no tokens calls its linears with zero rows."""
+    layer = MSDLinear.from_linear(_linear(64, 8, 9), MSDConfig(weight=weight, method=method))
+    assert layer(torch.zeros(0, 64)).shape == (0, 8)
+    assert layer(torch.zeros(2, 0, 64)).shape == (2, 0, 8)
+    assert layer.reference_forward(torch.zeros(0, 64)).shape == (0, 8)
+
+
+def test_decompose_accepts_zero_rows() -> None:
+    from lowbit.msd import decompose
+
+    for fmt in ("int8", "mxfp4", "mxfp8"):
+        d = decompose(torch.zeros(0, 64), fmt, passes=2)
+        assert d.reconstruct().shape == (0, 64)
+
+
+def test_int8_rows_beyond_float32_scaling_match_the_reference_and_the_dequant_path() -> None:
+    """Tiny rows (max|x| < 3.7e-37) used to return exactly 0; float64 rows near 1e300 and weights near 1e37 gave
+    -inf/NaN where the dequant path is finite."""
+    lin = _linear(128, 16, 10, bias=False)
+    layer = MSDLinear.from_linear(lin, MSDConfig())
+    x = torch.randn(4, 128, dtype=torch.float64)
+    x[0] *= 1e-38
+    x[1] *= 1e300
+    x[2] *= 1e-300
+    y = layer(x)
+    ref = layer.reference_forward(x)
+    assert y.dtype == torch.float64 and bool(torch.isfinite(y).all())
+    for i in range(4):
+        scale = ref[i].abs().max()  # rows near 1e300: compare after scaling (the norm itself would overflow)
+        assert _rel(y[i] / scale, ref[i] / scale) < 1e-5, i
+    tiny = layer(x[:1].float())
+    assert (tiny != 0).any() and _rel(tiny[0], ref[0]) < 1e-4
+
+    big = nn.Linear(128, 16, bias=False).double()
+    with torch.no_grad():
+        big.weight.normal_(0, 1e37)
+    layer = MSDLinear.from_linear(big, MSDConfig())
+    deq = MSDLinear.from_linear(big, MSDConfig(method="dequant"))
+    xs = torch.randn(3, 128) * 0.01  # outputs ~1e36: finite in float32
+    y, yd = layer(xs), deq(xs)
+    assert bool(torch.isfinite(yd).all()) and bool(torch.isfinite(y).all())
+    assert _rel(y, layer.reference_forward(xs)) < 1e-5
+
+
+def test_int8_weight_beyond_float32_is_a_clear_error() -> None:
+    w = nn.Linear(8, 4, bias=False).double()
+    with torch.no_grad():
+        w.weight.fill_(1e300)
+    for weight in ("int8", "mxfp4"):
+        with pytest.raises(ValueError, match="beyond float32's range"):
+            MSDLinear.from_linear(w, MSDConfig(weight=weight))
