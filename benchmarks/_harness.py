@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -42,10 +43,15 @@ def median_time(fn: Callable[[], Any], *, repeats: int = 7, warmup: int = 1, min
 
 
 def write_results(name: str, payload: dict[str, Any]) -> Path:
-    """Write ``benchmarks/results/<name>.json`` atomically, with the machine description added."""
+    """Write ``benchmarks/results/<name>.json`` atomically, with the machine description added (CPU flags, and
+    for benchmarks that use torch the INT8 kernel profiles of :func:`lowbit.msd.isa.profile_report`)."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
     data = {"benchmark": name, "machine": machine_info(), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **payload}
+    if "torch" in sys.modules:  # the INT8 kernel each backend runs here (CPU features, ISA caps, profiles)
+        from lowbit.msd.isa import profile_report
+
+        data["machine"]["int8_kernels"] = profile_report()
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=RESULTS_DIR)
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2, default=str)
