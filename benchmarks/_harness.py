@@ -7,15 +7,14 @@ machines are shared and noisy, lone absolute times are not comparable.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lowbit._atomic import atomic_write_text
 from lowbit.report.machine import machine_info
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -52,10 +51,7 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
         from lowbit.msd.isa import profile_report
 
         data["machine"]["int8_kernels"] = profile_report()
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=RESULTS_DIR)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
     return path
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from lowbit._atomic import atomic_write_text
 from lowbit.formats.catalog import FORMAT_HEADER, code_listing, format_table
 from lowbit.formats.elements import ELEMENT_FORMATS
 
@@ -41,11 +40,7 @@ def _print(title: str, header: list[str], rows: list[list[object]]) -> None:
 
 
 def _write_json(path: Path, payload: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import html
 import json
 import shutil
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lowbit._atomic import temporary_dir
 from lowbit._discovery import capability_modules
 from lowbit.report.machine import machine_info
 from lowbit.report.section import Section, SectionContext, SectionOutput, html_table
@@ -128,7 +128,7 @@ def build_report(config: ReportConfig) -> tuple[Path, bool]:
     source = results_source(config.results)
     out = config.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = temporary_dir(out.parent, f".{out.name}.tmp-")  # the umask's mode, not mkdtemp's 0700
     try:
         machine = machine_info()
         results = _run_sections(sections, config, tmp, source)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from lowbit._atomic import atomic_write_bytes
 
 __all__ = ["TABLE_HEADER", "table_rows", "write_outputs"]
 
@@ -59,15 +59,7 @@ def _compact(obj: Any) -> Any:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
 
 
 def write_outputs(payload: Mapping[str, Any], out_dir: Path, *, name: str = "rl") -> list[Path]:

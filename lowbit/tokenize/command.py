@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import IO
 
 import numpy as np
 
+from lowbit._atomic import atomic_write
 from lowbit.tokenize.parallel import EncodeStats, ParallelTokenizer, VerificationError, usable_cores
 from lowbit.tokenize.presets import PRESETS
 
@@ -145,19 +144,12 @@ def _print_stats(
 
 def write_ids(path: Path, results: Sequence[tuple[str, np.ndarray]]) -> None:
     """Write ``.npy`` (one uint32 array) or ``.jsonl`` (``{"file": ..., "ids": [...]}`` per line) atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if path.suffix == ".npy":
-                np.save(f, np.asarray(results[0][1], dtype=np.uint32))
-            else:
-                for name, ids in results:
-                    _write_jsonl_line(f, name, ids)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as f:  # mode 0o666 & ~umask (mkstemp alone left ids.npy 0600)
+        if path.suffix == ".npy":
+            np.save(f, np.asarray(results[0][1], dtype=np.uint32))
+        else:
+            for name, ids in results:
+                _write_jsonl_line(f, name, ids)
 
 
 def _write_jsonl_line(f: IO[bytes], name: str, ids: np.ndarray) -> None:
