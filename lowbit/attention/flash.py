@@ -89,14 +89,18 @@ def flash_attention_traced(
         pd = torch.float32 if p_dtype is None else p_dtype
         if pd not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"p_dtype must be float32, bfloat16 or float16, got {p_dtype}")
-    if shape.seq_q == 0:
-        return torch.zeros(shape.batch, shape.heads_q, 0, shape.dim_v), RescaleTrace(0, 0, 0, 0, 0, 0.0)
+    if shape.seq_q == 0 or shape.batch == 0:
+        empty = torch.zeros(shape.batch, shape.heads_q, shape.seq_q, shape.dim_v)
+        return empty, RescaleTrace(0, 0, 0, 0, 0, 0.0)
     qg = group_rows(q.to(torch.float32), shape)
     k32 = k.to(torch.float32)
     v32 = v.to(torch.float32)
 
     def scores(start: int, end: int) -> Tensor:
         return torch.matmul(qg, k32[:, :, start:end].transpose(-1, -2)) * s
+
+    def scores64(start: int, end: int) -> Tensor:  # only when the float32 scores overflow
+        return torch.matmul(qg.to(torch.float64), k[:, :, start:end].to(torch.float64).transpose(-1, -2)) * s
 
     def pv(p: Tensor, start: int, end: int) -> Tensor:
         return torch.matmul(p.to(pd).to(torch.float32), v32[:, :, start:end])
@@ -109,6 +113,7 @@ def flash_attention_traced(
         pv_fn=pv,
         mask_fn=make_mask_fn(shape, causal, mask),
         amla=amla,
+        scores64_fn=scores64,
     )
     return ungroup_rows(out, shape), trace
 
@@ -144,6 +149,13 @@ def flash_attention(
             ``[batch, heads_q, seq_q, seq_k]``. Rows with every key masked return zeros.
         p_dtype: dtype ``P`` is rounded to before ``P·V`` with the multiply rescale (float32 default;
             bfloat16 gives the usual FA-2 kernel numerics). AMLA variants carry their own.
+
+    Edges. An empty batch or query sequence returns an empty ``[batch, heads_q, seq_q, dim_v]`` output
+    (an MoE expert or a serving batch may receive no tokens). NaN/Inf in ``q``, ``k`` or ``v`` raise
+    ``ValueError`` (mask through ``mask``). Finite inputs whose scores ``scale·q·kᵀ`` overflow float32 are not
+    turned into zeros: the blocks are recomputed in float64 relative to each row's maximum and the result
+    matches :func:`~lowbit.attention.reference.attention_reference` (see
+    :mod:`lowbit.attention.online_softmax`; ``RescaleTrace.shifted`` reports it).
 
     >>> q = torch.randn(1, 4, 3, 16); k = torch.randn(1, 2, 40, 16); v = torch.randn(1, 2, 40, 8)
     >>> from lowbit.attention.reference import attention_reference

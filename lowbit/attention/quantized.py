@@ -54,11 +54,11 @@ def _int_products(a: Tensor, b: Tensor) -> Tensor:
     return out
 
 
-def _recombine(terms: list[Tensor]) -> Tensor:
-    """``Σ_i term_i`` in float32, in pass order (the FP32 recombination of msd.md §3)."""
-    out = terms[0].to(torch.float32)
+def _recombine(terms: list[Tensor], dtype: torch.dtype = torch.float32) -> Tensor:
+    """``Σ_i term_i`` in ``dtype``, in pass order (float32: the FP32 recombination of msd.md §3)."""
+    out = terms[0].to(dtype)
     for t in terms[1:]:
-        out = out + t.to(torch.float32)
+        out = out + t.to(dtype)
     return out
 
 
@@ -81,27 +81,35 @@ class _MSDKernel:
         else:
             self.dq = decompose(qg, "mxfp4", passes=passes, group=32, scale_rule="ceil")
 
-    def scores(self, start: int, end: int) -> Tensor:
-        """``scale · Q·K[start:end]ᵀ`` from exact low-precision products, float32."""
+    def scores(self, start: int, end: int, dtype: torch.dtype = torch.float32) -> Tensor:
+        """``scale · Q·K[start:end]ᵀ`` from exact low-precision products, recombined in ``dtype``.
+
+        float32 is the method; float64 serves only the overflow fallback of the online softmax
+        (:mod:`lowbit.attention.online_softmax`), when the float32 scores leave the float32 range.
+        """
         d = self.dq
         if self.k.fmt == "int8":
             kb = self.k_codes[:, :, start:end]
-            terms = [d.scales[i].to(torch.float32) * _int_products(d.components[i], kb) for i in range(d.passes)]
-            s = _recombine(terms)
+            terms = [d.scales[i].to(dtype) * _int_products(d.components[i], kb) for i in range(d.passes)]
+            s = _recombine(terms, dtype)
             if self.k.granularity == "token":
-                s = s * self.k.scales[:, :, start:end].transpose(-1, -2)
+                s = s * self.k.scales[:, :, start:end].transpose(-1, -2).to(dtype)
             return s * self.scale
         vals, scl = self.k.values[:, :, start:end], self.k.scales[:, :, start:end]
         bsz, heads, rows = d.components[0].shape[:3]
-        out = torch.zeros(bsz, heads, rows, end - start, dtype=torch.float32)
+        out = torch.zeros(bsz, heads, rows, end - start, dtype=dtype)
         for i in range(d.passes):
             for b in range(bsz):
                 for h in range(heads):
                     out[b, h] += mx_block_gemm(
                         d.components[i][b, h], d.scales[i][b, h], vals[b, h], scl[b, h],
-                        block=32, a_unit=_E2M1_UNIT, b_unit=_E2M1_UNIT, accumulate=torch.float32,
+                        block=32, a_unit=_E2M1_UNIT, b_unit=_E2M1_UNIT, accumulate=dtype,
                     )  # fmt: skip
         return out * self.scale
+
+    def scores64(self, start: int, end: int) -> Tensor:
+        """:meth:`scores` in float64 (the overflow fallback)."""
+        return self.scores(start, end, torch.float64)
 
     def pv(self, p: Tensor, start: int, end: int) -> Tensor:
         """``P̃ · V[start:end]`` from the decomposition of ``P̃`` and the cache codes, float32."""
@@ -149,6 +157,10 @@ def quantized_attention(
     decomposition of Q and of ``P̃`` with ``passes`` components (module docstring). Masking, GQA/MQA and
     causal alignment as :func:`lowbit.attention.flash_attention`.
 
+    Edges as :func:`~lowbit.attention.flash_attention`: an empty batch or query sequence returns an empty
+    ``[batch, heads_q, seq_q, dim_v]`` output; finite inputs whose scores overflow float32 are recomputed in
+    float64 relative to each row's maximum (both methods) instead of turning into zeros or NaN.
+
     >>> from lowbit.attention.kvcache import quantize_kv
     >>> k, v = torch.randn(1, 1, 64, 32), torch.randn(1, 1, 64, 32)
     >>> out = quantized_attention(torch.randn(1, 2, 1, 32), quantize_kv(k, v), method="msd", block_k=32)
@@ -171,8 +183,8 @@ def quantized_attention(
         return flash_attention(qb, kd, vd, causal=causal, scale=s, block_k=block_k, mask=mask, p_dtype=torch.bfloat16)
     if method != "msd":
         raise ValueError(f"method must be 'dequant' or 'msd', got {method!r}")
-    if shape.seq_q == 0:
-        return torch.zeros(shape.batch, shape.heads_q, 0, shape.dim_v)
+    if shape.seq_q == 0 or shape.batch == 0:
+        return torch.zeros(shape.batch, shape.heads_q, shape.seq_q, shape.dim_v)
     kernel = _MSDKernel(group_rows(q.to(torch.float32), shape), cache, shape, s, passes)
     out, _ = run_online_softmax(
         out_shape=(shape.batch, shape.heads_kv, shape.group * shape.seq_q, shape.dim_v),
@@ -182,5 +194,6 @@ def quantized_attention(
         pv_fn=kernel.pv,
         mask_fn=make_mask_fn(shape, causal, mask),
         amla=None,
+        scores64_fn=kernel.scores64,
     )
     return ungroup_rows(out, shape)

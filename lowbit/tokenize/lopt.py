@@ -32,10 +32,23 @@ from lowbit.tokenize.backends import Backend, ChunkEncoding, Piece
 
 RunFn = Callable[[Sequence[Piece]], list[ChunkEncoding]]
 
+MIN_CHUNK_CHARS = 256
+"""The smallest ``chunk_chars`` :class:`lowbit.tokenize.ParallelTokenizer` accepts.
+
+Each piece costs one task (an inter-process round trip on a pool) plus ``overlap_chars`` re-encoded and one
+boundary match in Python, so tiny chunks cost far more than the text (``chunk_chars=1`` on 100K characters:
+100K tasks of 65 characters each, over a minute instead of a fraction of a second). :class:`LoptConfig`,
+:func:`make_plan` and :func:`lossless_encode` themselves accept any positive size: the merge tests use chunks
+of tens of characters on purpose, to force many cuts, retries and merges in-process."""
+
 
 @dataclass(frozen=True)
 class LoptConfig:
-    """User overrides; ``None`` means chosen automatically from the text length, workers and tokenizer."""
+    """User overrides; ``None`` means chosen automatically from the text length, workers and tokenizer.
+
+    Any positive ``chunk_chars`` is accepted here (tests force many cuts with tiny chunks); the user-facing
+    :class:`lowbit.tokenize.ParallelTokenizer` requires at least :data:`MIN_CHUNK_CHARS`.
+    """
 
     chunk_chars: int | None = None
     overlap_chars: int | None = None

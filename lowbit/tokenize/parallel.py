@@ -29,7 +29,15 @@ from lowbit.tokenize.backends import (
     TiktokenBackend,
     make_backend,
 )
-from lowbit.tokenize.lopt import LoptConfig, MergeStats, Plan, lossless_encode, make_plan, naive_encode
+from lowbit.tokenize.lopt import (
+    MIN_CHUNK_CHARS,
+    LoptConfig,
+    MergeStats,
+    Plan,
+    lossless_encode,
+    make_plan,
+    naive_encode,
+)
 from lowbit.tokenize.worker import encode_pieces, init_worker
 
 Strategy = Literal["auto", "direct", "processes", "threads", "inline", "executor"]
@@ -80,6 +88,18 @@ class ParallelTokenizer:
     caller; ``executor=`` runs chunks on any ``concurrent.futures.Executor`` (e.g. a Dask ``distributed``
     client's ``get_executor()``).
 
+    ``workers`` is an upper bound, never a count of processes to start: the own pool and the native threads run
+    at most ``parallelism = min(workers, usable cores)`` at once (:func:`usable_cores`, the CPU affinity set;
+    more would only time-slice the same cores, e.g. ``workers=1000`` used to fork 1000 processes for a 2 MB
+    text: 23 s instead of 0.7 s on 2 cores), and the pool starts at most one process per piece of the text,
+    growing (a fresh pool) when a later text has more pieces. With ``executor=`` the caller's workers may live
+    on other machines, so ``parallelism = workers`` there. ``pool_size`` tells how many processes were started.
+
+    ``chunk_chars`` (default: chosen per text, see :func:`lowbit.tokenize.lopt.make_plan`) must be at least
+    :data:`~lowbit.tokenize.lopt.MIN_CHUNK_CHARS` (256): every piece costs a task and ``overlap_chars`` of
+    re-encoding, so smaller chunks make the work grow far beyond the text's (``chunk_chars=1`` took over a minute
+    for 100K characters, 100K tasks; 256 takes 0.6 s).
+
     >>> with ParallelTokenizer("cl100k", workers=2) as pt:     # doctest: +SKIP
     ...     pt.encode("Hello world, tokenization!")
     [9906, 1917, 11, 4037, 2065, 0]
@@ -105,6 +125,11 @@ class ParallelTokenizer:
             workers = usable_cores()
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"workers: expected a positive int, got {workers!r}")
+        if isinstance(chunk_chars, int) and not isinstance(chunk_chars, bool) and 1 <= chunk_chars < MIN_CHUNK_CHARS:
+            raise ValueError(
+                f"chunk_chars: expected None or at least {MIN_CHUNK_CHARS}, got {chunk_chars}; every chunk costs a "
+                "task and overlap_chars of re-encoding, so tinier chunks multiply the work"
+            )
         if strategy not in ("auto", "direct", "processes", "threads", "inline", "executor"):
             raise ValueError(f"strategy: expected auto/direct/processes/threads/inline/executor, got {strategy!r}")
         if executor is not None and not isinstance(executor, Executor):
@@ -122,21 +147,24 @@ class ParallelTokenizer:
         self._executor = executor
         if executor is not None:
             strategy = "executor"
-        elif strategy == "auto":
+        # A caller's executor may span machines; our own processes and threads share this one's cores.
+        self.parallelism: int = workers if strategy == "executor" else min(workers, usable_cores())
+        if strategy == "auto":
             if isinstance(self.backend, FastokensBackend):
                 # fastokens already spreads one long input over the cores; on few cores chunking it again only
                 # adds work (measured in benchmarks/bench_tokenize.py), so the default is one direct call.
                 strategy = "direct"
-            elif isinstance(self.backend, HFBackend | SentencePieceBackend) and workers > 1:
+            elif isinstance(self.backend, HFBackend | SentencePieceBackend) and self.parallelism > 1:
                 # HF encode_batch (rayon) and SentencePiece's num_threads batch run chunks without the GIL and
                 # beat the process pool in benchmarks/results/tokenize.json (column thr2 vs lopt2).
                 strategy = "threads"
             else:
-                strategy = "processes" if workers > 1 else "inline"
+                strategy = "processes" if self.parallelism > 1 else "inline"
         if strategy == "processes" and isinstance(self.backend, FastokensBackend):
             raise ValueError("strategy: the fastokens backend runs in-process; use 'threads' or backend='library'")
         self.strategy: str = strategy
         self._pool: ProcessPoolExecutor | None = None
+        self._pool_size = 0
         self._token = uuid.uuid4().hex
         self._spec = self.backend.spec() if strategy == "executor" else None
         self._closed = False
@@ -210,7 +238,7 @@ class ParallelTokenizer:
         if short:
             for i in short:
                 self._check_disallowed(checked[i])
-            threads = self.workers if self.strategy != "inline" else 1
+            threads = self.parallelism if self.strategy != "inline" else 1
             group = 4096  # bounds the memory of one native batch call
             for g in range(0, len(short), group):
                 idx = short[g : g + group]
@@ -241,7 +269,7 @@ class ParallelTokenizer:
                 on_progress(n, n)
         else:
             self._check_disallowed(text)
-            plan = make_plan(n, self.workers, self.backend, self.config)
+            plan = make_plan(n, self.parallelism, self.backend, self.config)
             run = self._runner(n, on_progress)
             ids, merge = lossless_encode(text, self.backend, run, plan, self.config.min_match_tokens)
             stats = EncodeStats("lopt", self.strategy, self.backend.name, n, len(ids), plan, merge)
@@ -257,7 +285,7 @@ class ParallelTokenizer:
         Returns the ids and the token index of each cut; see :func:`lowbit.tokenize.lopt.wrong_tokens`.
         """
         text = self._check_text(text)
-        chunk = chunk_chars or make_plan(len(text), self.workers, self.backend, self.config).chunk_chars
+        chunk = chunk_chars or make_plan(len(text), self.parallelism, self.backend, self.config).chunk_chars
         return naive_encode(text, self._runner(len(text), None), chunk)
 
     # ---------------------------------------------------------------------------------------------------------
@@ -269,6 +297,7 @@ class ParallelTokenizer:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+            self._pool_size = 0
         self._closed = True
 
     def __enter__(self) -> ParallelTokenizer:
@@ -281,6 +310,12 @@ class ParallelTokenizer:
         pool = getattr(self, "_pool", None)
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def pool_size(self) -> int:
+        """Worker processes of the own pool: ``min(parallelism, most pieces submitted at once so far)``; 0 before
+        the first parallel call, after :meth:`close` and for strategies without a pool."""
+        return self._pool_size if self._pool is not None else 0
 
     def worker_pids(self) -> list[int]:
         """Process ids of the own pool's workers (empty before the first parallel call)."""
@@ -324,7 +359,7 @@ class ParallelTokenizer:
                 on_progress(done[0], n)
 
         if self.strategy in ("threads", "inline"):
-            threads = self.workers if self.strategy == "threads" else 1
+            threads = self.parallelism if self.strategy == "threads" else 1
 
             def run_local(pieces: Sequence[Piece]) -> list[ChunkEncoding]:
                 if self.strategy == "inline":
@@ -333,7 +368,7 @@ class ParallelTokenizer:
                         out.extend(self.backend.encode_chunks([p], threads=1))
                         report([p])
                     return out
-                group = max(1, 2 * self.workers)
+                group = max(1, 2 * self.parallelism)
                 out = []
                 for g in range(0, len(pieces), group):
                     out.extend(self.backend.encode_chunks(pieces[g : g + group], threads=threads))
@@ -349,7 +384,7 @@ class ParallelTokenizer:
                 except BrokenProcessPool as exc:
                     if self.strategy != "processes":
                         raise RuntimeError("a worker of the executor died while encoding") from exc
-                    self._pool = None  # the broken pool is unusable; start a fresh one once
+                    self._pool, self._pool_size = None, 0  # the broken pool is unusable; start a fresh one once
                     if attempt == 1:
                         raise RuntimeError(
                             "lowbit tokenize: a worker process died twice while encoding (out of memory or killed?)"
@@ -359,14 +394,14 @@ class ParallelTokenizer:
         return run_remote
 
     def _submit_all(self, pieces: Sequence[Piece], report: Callable[[Sequence[Piece]], None]) -> list[ChunkEncoding]:
-        """Encode ``pieces`` in order on the pool, with at most ``2 * workers`` pieces in flight.
+        """Encode ``pieces`` in order on the pool, with at most ``2 * parallelism`` pieces in flight.
 
         The bound keeps memory near a few chunks: the pieces are sliced from the text only when submitted
         (:class:`lowbit.tokenize.lopt.PieceList`) and released once their result is back.
         """
-        ex = self._executor if self._executor is not None else self._ensure_pool()
+        ex = self._executor if self._executor is not None else self._ensure_pool(len(pieces))
         spec = self._spec if self._executor is not None else None
-        ahead = max(2, 2 * self.workers)
+        ahead = max(2, 2 * self.parallelism)
         pending: deque[tuple[Piece, Future[list[ChunkEncoding]]]] = deque()
         out: list[ChunkEncoding] = []
 
@@ -388,10 +423,20 @@ class ParallelTokenizer:
             raise
         return out
 
-    def _ensure_pool(self) -> ProcessPoolExecutor:
+    def _ensure_pool(self, pieces: int) -> ProcessPoolExecutor:
+        """The own pool, with ``min(parallelism, pieces)`` processes at least (a fork pool starts them all at once).
+
+        A pool smaller than that (started for a text with fewer pieces) is replaced by a larger one; it never
+        shrinks, so a persistent pool keeps serving every later text.
+        """
+        want = max(1, min(self.parallelism, pieces))
+        if self._pool is not None and self._pool_size < want:
+            self._pool.shutdown(wait=True)
+            self._pool, self._pool_size = None, 0
         if self._pool is None:
+            self._pool_size = want
             self._pool = ProcessPoolExecutor(
-                max_workers=self.workers,
+                max_workers=want,
                 mp_context=get_context(self._start_method),
                 initializer=init_worker,
                 # fork inherits the parent's backend (no reload); spawn/forkserver rebuild it from its spec once.

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from lowbit.tokenize import ParallelTokenizer, VerificationError, fastokens_available
+from lowbit.tokenize import ParallelTokenizer, VerificationError, fastokens_available, usable_cores
 from lowbit.tokenize.backends import ChunkEncoding
 from lowbit.tokenize.corpus import make_text
 
@@ -32,7 +32,7 @@ def test_process_pool_equals_library(name, get_preset, text):
         assert pt.encode(text) == ref
         assert pt.encode_to_numpy(text).dtype == np.uint32
         assert pt.encode_batch([text[:5000], "", text]) == [reference(tok.obj, text[:5000]), [], ref]
-        assert len(pt.worker_pids()) == 2
+        assert len(pt.worker_pids()) == min(2, usable_cores())  # workers are capped at the usable cores
         pids = pt.worker_pids()
         pt.encode(text)
         assert pt.worker_pids() == pids  # persistent pool: the same workers serve every call
@@ -287,7 +287,7 @@ def test_spawn_start_method_equals_library(get_preset, text):
         tok, workers=2, strategy="processes", backend="library", start_method="spawn", **SMALL
     ) as pt:
         assert pt.encode(text) == reference(tok.obj, text)
-        assert len(pt.worker_pids()) == 2
+        assert len(pt.worker_pids()) == min(2, usable_cores())  # workers are capped at the usable cores
 
 
 def test_progress_callback_is_monotone_and_complete(get_preset, text):
