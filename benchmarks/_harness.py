@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lowbit._atomic import atomic_write_text
-from lowbit.report.machine import machine_info
+from lowbit.lab.report.machine import machine_info
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -1,7 +1,7 @@
-"""Copy the results ``lowbit report`` shows into the package (``lowbit/report/stored_results/``, small JSON).
+"""Copy the results ``lowbit report`` shows into the package (``lowbit/lab/report/stored_results/``, small JSON).
 
-Run after a benchmark rewrote ``benchmarks/results``; ``tests/report/test_stored_results.py`` fails until the
-packaged copies match. See :mod:`lowbit.report.stored`.
+Run after a benchmark rewrote ``benchmarks/results``; ``tests/lab/report/test_stored_results.py`` fails until the
+packaged copies match. See :mod:`lowbit.lab.report.stored`.
 
     .venv/bin/python benchmarks/sync_stored_results.py
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lowbit.report.stored import main
+from lowbit.lab.report.stored import main
 
 if __name__ == "__main__":
     raise SystemExit(main([str(Path(__file__).resolve().parent / "results")]))

@@ -1,9 +1,10 @@
-"""Find the per-capability plug-in modules (CLI commands, report sections).
+"""Find the plug-in modules (CLI commands, report sections) of the library and of the lab.
 
-Every capability subpackage ``lowbit.<name>`` may hold modules named ``command.py`` or ``command_*.py``
-(CLI subcommands) and ``report_section.py`` or ``report_section_*.py`` (sections of ``lowbit report``).
-They are found by name, so adding a capability never edits a shared list. A module that exists but fails
-to import is an error, never skipped.
+Every capability subpackage ``lowbit.<name>`` (the library) and every subpackage ``lowbit.lab.<name>`` (studies,
+experiments, the report) may hold modules named ``command.py`` or ``command_*.py`` (CLI subcommands) and
+``report_section.py`` or ``report_section_*.py`` (sections of ``lowbit report``, lab only by convention). They
+are found by name, so adding a capability never edits a shared list. A module that exists but fails to import
+is an error, never skipped.
 """
 
 from __future__ import annotations
@@ -16,17 +17,31 @@ from types import ModuleType
 
 import lowbit
 
+LAB = "lab"
+
+
+def _packages() -> list[tuple[str, Path]]:
+    """``(dotted name, folder)`` of every library capability package, then every lab package."""
+    root = Path(lowbit.__path__[0])
+    found = []
+    for base, folder in (("lowbit", root), (f"lowbit.{LAB}", root / LAB)):
+        for pkg in sorted(pkgutil.iter_modules([str(folder)]), key=lambda i: i.name):
+            if pkg.ispkg and not (base == "lowbit" and pkg.name == LAB):
+                found.append((f"{base}.{pkg.name}", folder / pkg.name))
+    return found
+
+
+def _matches(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + "_")
+
 
 def capability_modules(prefix: str) -> list[ModuleType]:
-    """Import every ``lowbit.<pkg>.<prefix>`` and ``lowbit.<pkg>.<prefix>_*`` module, sorted by name."""
+    """Import every ``<pkg>.<prefix>`` and ``<pkg>.<prefix>_*`` module of :func:`_packages`, sorted by name."""
     found: list[ModuleType] = []
-    for pkg in sorted(pkgutil.iter_modules(lowbit.__path__), key=lambda i: i.name):
-        if not pkg.ispkg:
-            continue
-        package = importlib.import_module(f"lowbit.{pkg.name}")
-        for mod in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
-            if mod.name == prefix or mod.name.startswith(prefix + "_"):
-                found.append(importlib.import_module(f"lowbit.{pkg.name}.{mod.name}"))
+    for dotted, folder in _packages():
+        for mod in sorted(pkgutil.iter_modules([str(folder)]), key=lambda i: i.name):
+            if _matches(mod.name, prefix):
+                found.append(importlib.import_module(f"{dotted}.{mod.name}"))
     return found
 
 
@@ -39,14 +54,11 @@ def command_names() -> dict[str, str]:
     CLI then falls back to importing every module.
     """
     names: dict[str, str] = {}
-    root = Path(lowbit.__path__[0])
-    for pkg in sorted(pkgutil.iter_modules([str(root)]), key=lambda i: i.name):
-        if not pkg.ispkg:
-            continue
-        for mod in sorted(pkgutil.iter_modules([str(root / pkg.name)]), key=lambda i: i.name):
-            if mod.name != "command" and not mod.name.startswith("command_"):
+    for dotted, folder in _packages():
+        for mod in sorted(pkgutil.iter_modules([str(folder)]), key=lambda i: i.name):
+            if not _matches(mod.name, "command"):
                 continue
-            tree = ast.parse((root / pkg.name / f"{mod.name}.py").read_text(encoding="utf-8"))
+            tree = ast.parse((folder / f"{mod.name}.py").read_text(encoding="utf-8"))
             for node in ast.walk(tree):
                 if (
                     isinstance(node, ast.Call)
@@ -56,5 +68,5 @@ def command_names() -> dict[str, str]:
                     and isinstance(node.args[0], ast.Constant)
                     and isinstance(node.args[0].value, str)
                 ):
-                    names[node.args[0].value] = f"lowbit.{pkg.name}.{mod.name}"
+                    names[node.args[0].value] = f"{dotted}.{mod.name}"
     return names

@@ -126,8 +126,8 @@ def compare_with_stored(cal: CpuCalibration, results: Path | None, msd_linear: P
     packaged with lowbit). Returns the JSON form of the check, or ``NOT_MEASURED`` when there are no timings.
     """
     from lowbit.costmodel.cpu_check import NOT_MEASURED, CpuComparison, compare_cpu, load_benchmark, measured_rows
-    from lowbit.report.machine import cpu_model
-    from lowbit.report.stored import machine_caveat, results_source
+    from lowbit.lab.report.machine import cpu_model
+    from lowbit.lab.report.stored import machine_caveat, results_source
 
     if msd_linear is not None:
         path, where = msd_linear, str(msd_linear)

@@ -1,10 +1,10 @@
 """Check the model against reality on this CPU: predicted vs measured MSD speedup over dequant.
 
 Reads ``msd_linear.json`` (written by ``benchmarks/bench_msd_linear.py``, the MSDLinear benchmark; packaged with
-lowbit, see :mod:`lowbit.report.stored`) with rows
+lowbit, see :mod:`lowbit.lab.report.stored`) with rows
 ``{"M", "K", "N", "times_s": {"dequant_bf16", "msd", ...}, "kernel"}``. Those timings were measured on the machine
 the file records (``machine.cpu``): a prediction from this CPU's live calibration is comparable with them only on
-the same machine, and callers say so (:func:`lowbit.report.stored.machine_caveat`). The prediction uses a
+the same machine, and callers say so (:func:`lowbit.lab.report.stored.machine_caveat`). The prediction uses a
 :class:`~lowbit.costmodel.calibrate.CpuCalibration` and the same op sequence as
 :mod:`lowbit.costmodel.linear` for a decoupled device (a CPU materialises the dequantized weight) [inferred]:
 

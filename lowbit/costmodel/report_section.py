@@ -12,9 +12,9 @@ from lowbit.costmodel.hardware import PRESETS
 from lowbit.costmodel.models import MODELS
 from lowbit.costmodel.plots import latency_figure
 from lowbit.costmodel.tables import attention_table, hardware_table, kv_bytes_table, linear_table
-from lowbit.report.machine import cpu_model
-from lowbit.report.section import Section, SectionContext, SectionOutput
-from lowbit.report.stored import machine_caveat, provenance, stored_cpu
+from lowbit.lab.report.machine import cpu_model
+from lowbit.lab.report.section import Section, SectionContext, SectionOutput
+from lowbit.lab.report.stored import machine_caveat, provenance, stored_cpu
 
 MSD_LINEAR = "msd_linear.json"
 COSTMODEL_RESULTS = "costmodel.json"

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from lowbit.formats.catalog import FORMAT_HEADER, RoundTrip, format_table, roundtrip_errors
 from lowbit.formats.elements import ELEMENT_FORMATS, element_values, encode_element
-from lowbit.report.section import Section, SectionContext, SectionOutput
+from lowbit.lab.report.section import Section, SectionContext, SectionOutput
 
 _ML_DTYPES = {
     "e2m1": ml_dtypes.float4_e2m1fn,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lowbit.lab.report.section import Section, SectionContext, SectionOutput
 from lowbit.msd.distributions import DISTRIBUTIONS
 from lowbit.msd.study import (
     accuracy_study,
@@ -16,7 +17,6 @@ from lowbit.msd.study import (
     six_six_search,
     summarize_accuracy,
 )
-from lowbit.report.section import Section, SectionContext, SectionOutput
 
 _QUICK_SHAPES = ((1, 2048, 256), (16, 2048, 256), (256, 1024, 128))
 _FULL_SHAPES = ((1, 4096, 512), (16, 4096, 512), (256, 4096, 256), (2048, 1024, 128), (16, 16384, 128))

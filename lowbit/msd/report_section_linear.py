@@ -1,7 +1,7 @@
 """Report section "msd-linear": speed and accuracy of MSD INT8 linear layers against float and dequant baselines.
 
 Shows the stored full benchmark ``msd_linear.json`` (``benchmarks/bench_msd_linear.py``) from the report's
-results folder (:mod:`lowbit.report.stored`: packaged with lowbit, or ``lowbit report --results DIR``) with the
+results folder (:mod:`lowbit.lab.report.stored`: packaged with lowbit, or ``lowbit report --results DIR``) with the
 machine it ran on; always adds a small live measurement on this machine, and says whether the two are comparable.
 Columns and definitions as in the benchmark: the same per-channel INT8 weights for every column, relative error
 against the float64 product with them.
@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.report.machine import cpu_model
-from lowbit.report.section import Section, SectionContext, SectionOutput
-from lowbit.report.stored import machine_caveat, provenance
+from lowbit.lab.report.machine import cpu_model
+from lowbit.lab.report.section import Section, SectionContext, SectionOutput
+from lowbit.lab.report.stored import machine_caveat, provenance
 
 COLUMNS = ("fp32", "bf16", "dequant_bf16", "dequant_fp32", "w8a16_fused", "quantize_dynamic", "msd")
 RESULTS = "msd_linear.json"

@@ -54,7 +54,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Run the experiment at each requested dose, print the final tables and write the results."""
-    from lowbit.report.section import format_cell
+    from lowbit.lab.report.section import format_cell
     from lowbit.rl.results import TABLE_HEADER, table_rows, write_outputs
 
     base = config_from_args(args)

@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lowbit.report.section import Section, SectionContext, SectionOutput
-from lowbit.report.stored import ResultsSource, provenance
+from lowbit.lab.report.section import Section, SectionContext, SectionOutput
+from lowbit.lab.report.stored import ResultsSource, provenance
 
 
 def _saved_runs(results: ResultsSource) -> list[Path]:

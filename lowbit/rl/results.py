@@ -64,7 +64,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def write_outputs(payload: Mapping[str, Any], out_dir: Path, *, name: str = "rl") -> list[Path]:
     """Write ``<name>.json`` (with machine info) and one ``<name>[-<strength>].png`` per dose, each atomically."""
-    from lowbit.report.machine import machine_info
+    from lowbit.lab.report.machine import machine_info
     from lowbit.rl.plots import curves_figure
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from lowbit.report.section import Section, SectionContext, SectionOutput
+from lowbit.lab.report.section import Section, SectionContext, SectionOutput
 from lowbit.tokenize.corpus import make_text
 from lowbit.tokenize.lopt import wrong_tokens
 from lowbit.tokenize.parallel import ParallelTokenizer

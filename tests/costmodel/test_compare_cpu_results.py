@@ -7,9 +7,9 @@ import json
 import pytest
 
 from lowbit.cli import main
-from lowbit.report.machine import cpu_model
-from lowbit.report.section import SectionContext
-from lowbit.report.stored import ResultsSource
+from lowbit.lab.report.machine import cpu_model
+from lowbit.lab.report.section import SectionContext
+from lowbit.lab.report.stored import ResultsSource
 
 from .test_costmodel import fake_calibration
 

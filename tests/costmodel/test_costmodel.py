@@ -188,8 +188,8 @@ def test_cost_cli_tables_plot_and_json(tmp_path, capsys):
 
 def test_report_section_says_not_measured_yet(tmp_path, monkeypatch):
     from lowbit.costmodel import report_section
-    from lowbit.report.section import SectionContext
-    from lowbit.report.stored import ResultsSource
+    from lowbit.lab.report.section import SectionContext
+    from lowbit.lab.report.stored import ResultsSource
 
     monkeypatch.setattr(report_section, "calibrate_cpu", lambda **_: fake_calibration())
     empty = tmp_path / "results"
@@ -203,8 +203,8 @@ def test_report_section_says_not_measured_yet(tmp_path, monkeypatch):
 
 def test_report_section_compares_with_benchmark_calibration(tmp_path, monkeypatch):
     from lowbit.costmodel import report_section
-    from lowbit.report.section import SectionContext
-    from lowbit.report.stored import ResultsSource
+    from lowbit.lab.report.section import SectionContext
+    from lowbit.lab.report.stored import ResultsSource
 
     measured = tmp_path / "msd_linear.json"
     row = {"M": 1, "K": 2048, "N": 2048, "times_s": {"dequant_bf16": 0.05, "msd": 0.001}, "kernel": "int_mm/stacked"}

@@ -7,7 +7,7 @@ import torch
 from lowbit.cli import main
 from lowbit.formats.catalog import FORMAT_HEADER, code_listing, format_table, roundtrip_errors
 from lowbit.formats.report_section import SECTION, exactness_check
-from lowbit.report.section import SectionContext
+from lowbit.lab.report.section import SectionContext
 
 
 def test_format_table_rows():

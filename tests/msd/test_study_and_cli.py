@@ -11,10 +11,10 @@ import torch
 
 from lowbit import msd
 from lowbit.cli import main
+from lowbit.lab.report.section import SectionContext
 from lowbit.msd import study
 from lowbit.msd.distributions import DISTRIBUTIONS, activations
 from lowbit.msd.report_section import SECTION
-from lowbit.report.section import SectionContext
 
 
 @pytest.fixture(scope="module")

@@ -90,7 +90,7 @@ def test_cli_bad_arguments(tmp_path, capsys):
 
 
 def test_report_section_quick(tmp_path):
-    from lowbit.report.section import SectionContext
+    from lowbit.lab.report.section import SectionContext
     from lowbit.tokenize.report_section import SECTION
 
     assert SECTION.name == "tokenize" and SECTION.order == 20

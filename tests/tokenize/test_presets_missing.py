@@ -85,7 +85,7 @@ def test_bert_from_the_bundled_file_in_worker_processes():
 
 
 def test_report_skips_presets_whose_package_is_missing(without, monkeypatch, tmp_path):
-    from lowbit.report.section import SectionContext
+    from lowbit.lab.report.section import SectionContext
     from lowbit.tokenize import report_section
 
     without("mistral_common")
@@ -98,7 +98,7 @@ def test_report_skips_presets_whose_package_is_missing(without, monkeypatch, tmp
 
 
 def test_report_with_every_package_missing_still_passes(without, monkeypatch, tmp_path):
-    from lowbit.report.section import SectionContext
+    from lowbit.lab.report.section import SectionContext
     from lowbit.tokenize import report_section
 
     without("mistral_common")

@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-
-from lowbit.cli import main
-from lowbit.report import ReportConfig, Section, SectionContext, SectionOutput, build_report
-from lowbit.report import build as build_module
-from lowbit.report.stored import (
+from lowbit.lab.report import ReportConfig, Section, SectionContext, SectionOutput, build_report
+from lowbit.lab.report import build as build_module
+from lowbit.lab.report.stored import (
     PACKAGED_DIR,
     ResultsSource,
     machine_caveat,
@@ -21,7 +19,9 @@ from lowbit.report.stored import (
     sync_packaged,
 )
 
-BENCH_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+from lowbit.cli import main
+
+BENCH_RESULTS = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
 
 
 def test_packaged_copies_equal_benchmarks_results():
@@ -29,7 +29,7 @@ def test_packaged_copies_equal_benchmarks_results():
     expected = packaged_texts(BENCH_RESULTS)
     assert {"msd_linear.json", "attention.json", "costmodel.json", "rl.json"} <= set(expected)
     shipped = {p.name: p.read_text(encoding="utf-8") for p in PACKAGED_DIR.glob("*.json")}
-    fix = "run `.venv/bin/python benchmarks/sync_stored_results.py` and commit lowbit/report/stored_results"
+    fix = "run `.venv/bin/python benchmarks/sync_stored_results.py` and commit lowbit/lab/report/stored_results"
     assert set(shipped) == set(expected), fix
     for name, text in expected.items():
         assert shipped[name] == text, f"{name} is out of date: {fix}"
@@ -122,8 +122,8 @@ def test_report_results_option_missing_folder_is_a_clear_error(tmp_path, monkeyp
 
 def test_sections_read_the_results_folder_not_the_package_path():
     """No report section reads benchmarks/results next to the installed package."""
-    root = Path(build_module.__file__).resolve().parents[1]
-    for path in root.glob("*/report_section*.py"):
+    root = Path(build_module.__file__).resolve().parents[2]  # lowbit/
+    for path in root.rglob("report_section*.py"):
         text = path.read_text(encoding="utf-8")
         assert "parents[2]" not in text and '"benchmarks"' not in text, path
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lowbit.report.build import ReportConfig, build_report
+from lowbit.lab.report.build import ReportConfig, build_report
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -7,8 +7,8 @@ import pytest
 
 from lowbit._discovery import command_names
 from lowbit.cli import build_parser, main
-from lowbit.report import ReportConfig, build_report
-from lowbit.report.build import discover_sections
+from lowbit.lab.report import ReportConfig, build_report
+from lowbit.lab.report.build import discover_sections
 
 
 def test_help_lists_report(capsys):

@@ -3,7 +3,7 @@
 The report never reads a path relative to the installed package or to the current folder. It reads one
 results folder, a :class:`ResultsSource`:
 
-* by default the small JSON copies packaged with lowbit in ``lowbit/report/stored_results/`` (they ship in
+* by default the small JSON copies packaged with lowbit in ``lowbit/lab/report/stored_results/`` (they ship in
   the wheel, so an installed lowbit shows the same stored figures as the checkout);
 * or a folder the user names with ``lowbit report --results DIR`` (for example ``benchmarks/results`` in a
   checkout, or the ``--out`` folder of ``lowbit rl``).

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowbit.report.stored import ResultsSource, packaged_results
+from lowbit.lab.report.stored import ResultsSource, packaged_results
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from typing import Any
 
 from lowbit._atomic import temporary_dir
 from lowbit._discovery import capability_modules
-from lowbit.report.machine import machine_info
-from lowbit.report.section import Section, SectionContext, SectionOutput, html_table
-from lowbit.report.stored import ResultsSource, results_source
+from lowbit.lab.report.machine import machine_info
+from lowbit.lab.report.section import Section, SectionContext, SectionOutput, html_table
+from lowbit.lab.report.stored import ResultsSource, results_source
 
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1300px;margin:2em auto;padding:0 1em;color:#222}
