@@ -7,38 +7,16 @@ machines are shared and noisy, lone absolute times are not comparable.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lowbit._atomic import atomic_write_text
+from lowbit._timing import measure, median_time  # noqa: F401  (re-exported for the bench scripts)
 from lowbit.lab.report.machine import machine_info
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def median_time(fn: Callable[[], Any], *, repeats: int = 7, warmup: int = 1, min_seconds: float = 0.0) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` untimed runs.
-
-    With ``min_seconds`` > 0, each timed sample loops ``fn`` until at least that long has passed and
-    reports the per-call mean of that sample (for very short calls).
-    """
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        n, start = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_seconds:
-                break
-        samples.append(elapsed / n)
-    return statistics.median(samples)
 
 
 def write_results(name: str, payload: dict[str, Any]) -> Path:

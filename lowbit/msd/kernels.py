@@ -47,8 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import statistics
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,6 +54,7 @@ from typing import Any
 
 import torch
 
+from lowbit._timing import median_time
 from lowbit.msd.isa import KERNELS, Int8Profile, int8_profile
 
 __all__ = [
@@ -427,11 +426,8 @@ def time_stacking(
     """Median seconds of the stacked and the split variants on ``x2`` (used by ``MSDLinear.tune``)."""
     times: dict[str, float] = {}
     for name, stacked in (("stacked", True), ("split", False)):
-        msd_int8_linear(x2, weights, passes, stacked=stacked, profile=profile)  # warm-up
-        samples = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            msd_int8_linear(x2, weights, passes, stacked=stacked, profile=profile)
-            samples.append(time.perf_counter() - start)
-        times[name] = statistics.median(samples)
+        times[name] = median_time(
+            lambda stacked=stacked: msd_int8_linear(x2, weights, passes, stacked=stacked, profile=profile),
+            repeats=repeats,
+        )
     return times
