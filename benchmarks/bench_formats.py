@@ -29,9 +29,9 @@ from benchmarks._harness import median_time, print_table, write_results
 from lowbit.formats import (
     fp8_cast,
     fp8_cast_native,
-    mx_quantize,
-    nvfp4_quantize,
     quantize_int,
+    quantize_mx,
+    quantize_nvfp4,
     round_to_element,
 )
 
@@ -64,11 +64,11 @@ def main() -> None:
             row["lowbit_over_native"] = t / tn
         rows.append(row)
 
-    add("mx_quantize(x, 'e2m1', scale_rule='ceil')", lambda: mx_quantize(x, "e2m1", scale_rule="ceil"))
-    add("mx_quantize(x, 'e4m3')", lambda: mx_quantize(x, "e4m3"))
-    mx = mx_quantize(x, "e4m3")
+    add("quantize_mx(x, 'e2m1', scale_rule='ceil')", lambda: quantize_mx(x, "e2m1", scale_rule="ceil"))
+    add("quantize_mx(x, 'e4m3')", lambda: quantize_mx(x, "e4m3"))
+    mx = quantize_mx(x, "e4m3")
     add("MXTensor.dequantize() (e4m3)", mx.dequantize)
-    add("nvfp4_quantize(x)", lambda: nvfp4_quantize(x))
+    add("quantize_nvfp4(x)", lambda: quantize_nvfp4(x))
     add("quantize_int(x, 8, 'channel')", lambda: quantize_int(x, 8, "channel"))
     add("quantize_int(x, 4, 'group', 128)", lambda: quantize_int(x, 4, "group", 128))
     for fmt in ("e4m3", "e5m2"):

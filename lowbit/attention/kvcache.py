@@ -8,7 +8,7 @@ methods of :func:`lowbit.attention.quantized.quantized_attention` read the same 
 * INT8, ``granularity="channel"``: one scale per (batch, head, channel) over the whole sequence,
   ``x ≈ q[j, d] · s[d]`` (KIVI-style keys: outlier channels get their own scale).
 * MXFP4: E2M1 elements with one E8M0 scale per 32 consecutive head-dim elements of a token
-  (``formats.mx_quantize(..., "e2m1", block=32, axis=-1)``), 4.25 bits per element (msd.md §4).
+  (``formats.quantize_mx(..., "e2m1", block=32, axis=-1)``), 4.25 bits per element (msd.md §4).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def _quantize_int8(x: Tensor, granularity: str, name: str) -> QuantizedTensor:
 def _quantize_mxfp4(x: Tensor, scale_rule: str, name: str) -> QuantizedTensor:
     if x.shape[-1] % 32:
         raise ValueError(f"{name} head dim {x.shape[-1]} is not a multiple of 32 (the MXFP4 block)")
-    mx = formats.mx_quantize(x, "e2m1", block=32, axis=-1, scale_rule=scale_rule)
+    mx = formats.quantize_mx(x, "e2m1", block=32, axis=-1, scale_rule=scale_rule)
     return QuantizedTensor("mxfp4", "block32", mx.element_values().to(torch.float32), mx.scales(), mx)
 
 

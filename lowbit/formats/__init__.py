@@ -25,8 +25,8 @@ from lowbit.formats.elements import (
 )
 from lowbit.formats.fp8 import FP8_DTYPES, fp8_cast, fp8_cast_native
 from lowbit.formats.integer import GRANULARITIES, IntQuantized, pack_int4, quantize_int, unpack_int4
-from lowbit.formats.mx import MX_FORMATS, MXTensor, mx_quantize, pack_nibbles, unpack_nibbles
-from lowbit.formats.nvfp4 import NVFP4_BLOCK, NVFP4Tensor, nvfp4_quantize
+from lowbit.formats.mx import MX_FORMATS, MXTensor, pack_nibbles, quantize_mx, unpack_nibbles
+from lowbit.formats.nvfp4 import NVFP4_BLOCK, NVFP4Tensor, quantize_nvfp4
 
 __all__ = [
     "E8M0_BIAS",
@@ -50,12 +50,12 @@ __all__ = [
     "encode_element",
     "fp8_cast",
     "fp8_cast_native",
-    "mx_quantize",
-    "nvfp4_quantize",
     "ocp_shared_exponent",
     "pack_int4",
     "pack_nibbles",
     "quantize_int",
+    "quantize_mx",
+    "quantize_nvfp4",
     "round_to_element",
     "unpack_int4",
     "unpack_nibbles",

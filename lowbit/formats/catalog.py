@@ -16,8 +16,8 @@ import torch
 from lowbit.formats.elements import ELEMENT_FORMATS, element_values
 from lowbit.formats.fp8 import fp8_cast
 from lowbit.formats.integer import quantize_int
-from lowbit.formats.mx import MX_FORMATS, mx_quantize
-from lowbit.formats.nvfp4 import nvfp4_quantize
+from lowbit.formats.mx import MX_FORMATS, quantize_mx
+from lowbit.formats.nvfp4 import quantize_nvfp4
 
 __all__ = [
     "FORMAT_HEADER",
@@ -144,7 +144,7 @@ def roundtrip_schemes(block: int = 32, group_size: int = 128) -> dict[str, tuple
             bpe = ELEMENT_FORMATS[elem].bits + 8 / block
 
             def mx(x: torch.Tensor, elem: str = elem, rule: str = rule) -> tuple[torch.Tensor, torch.Tensor]:
-                return mx_quantize(x, elem, block=block, scale_rule=rule).dequantize(), _rows_amax(x, block)
+                return quantize_mx(x, elem, block=block, scale_rule=rule).dequantize(), _rows_amax(x, block)
 
             schemes[f"{name} ({rule})"] = ("MX", bpe, mx)
     for bits in (8, 4):
@@ -167,7 +167,7 @@ def roundtrip_schemes(block: int = 32, group_size: int = 128) -> dict[str, tuple
     for glob in (True, False):
 
         def nv(x: torch.Tensor, glob: bool = glob) -> tuple[torch.Tensor, torch.Tensor]:
-            return nvfp4_quantize(x, global_scale=glob).dequantize(), _rows_amax(x, 16)
+            return quantize_nvfp4(x, global_scale=glob).dequantize(), _rows_amax(x, 16)
 
         schemes["nvfp4" + (" (+fp32 tensor scale)" if glob else " (block scale only)")] = ("NVFP4", 4.5, nv)
     return schemes

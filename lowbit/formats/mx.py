@@ -35,7 +35,7 @@ from lowbit.formats.e8m0 import SCALE_RULES, decode_e8m0, encode_e8m0, shared_ex
 from lowbit.formats.elements import ElementFormat, decode_element, element_format, encode_checked
 from lowbit.formats.inputs import as_working_float, check_name, pow2, split_blocks
 
-__all__ = ["MX_FORMATS", "MXTensor", "mx_quantize", "pack_nibbles", "unpack_nibbles"]
+__all__ = ["MX_FORMATS", "MXTensor", "pack_nibbles", "quantize_mx", "unpack_nibbles"]
 
 # The OCP names of the MX formats and their element type.
 MX_FORMATS: dict[str, str] = {
@@ -153,7 +153,7 @@ def _quantize_elements(xb: torch.Tensor, shared_exp: torch.Tensor, f: ElementFor
     return encode_checked(xb / scale.unsqueeze(-1), f, saturate=True)
 
 
-def mx_quantize(
+def quantize_mx(
     x: Any,
     elem: str,
     block: int = 32,
@@ -167,10 +167,10 @@ def mx_quantize(
     ``"ceil"`` is the non-saturating ``X = 2^ceil(log2(amax / max_normal))`` that MSD needs (msd.md §5).
     See the module docstring for NaN/Inf, all-zero blocks and clamping.
 
-    >>> mx = mx_quantize(torch.tensor([1.0, 7.0, -0.3, 0.0]), "e2m1", block=4)
+    >>> mx = quantize_mx(torch.tensor([1.0, 7.0, -0.3, 0.0]), "e2m1", block=4)
     >>> mx.scale_exponents.tolist(), mx.dequantize().tolist()
     ([127], [1.0, 6.0, -0.5, 0.0])
-    >>> mx_quantize(torch.tensor([1.0, 7.0, -0.3, 0.0]), "e2m1", block=4, scale_rule="ceil").dequantize().tolist()
+    >>> quantize_mx(torch.tensor([1.0, 7.0, -0.3, 0.0]), "e2m1", block=4, scale_rule="ceil").dequantize().tolist()
     [1.0, 8.0, -0.0, 0.0]
     """
     f = element_format(elem)

@@ -29,7 +29,7 @@ from lowbit.formats.elements import ELEMENT_FORMATS, decode_element, encode_chec
 from lowbit.formats.inputs import as_float64, split_blocks
 from lowbit.formats.mx import pack_nibbles, unpack_nibbles
 
-__all__ = ["NVFP4_BLOCK", "NVFP4Tensor", "nvfp4_quantize"]
+__all__ = ["NVFP4_BLOCK", "NVFP4Tensor", "quantize_nvfp4"]
 
 NVFP4_BLOCK = 16
 _E2M1 = ELEMENT_FORMATS["e2m1"]
@@ -72,10 +72,10 @@ class NVFP4Tensor:
         return (self.element_values().to(torch.float64) * scale).to(dtype)
 
 
-def nvfp4_quantize(x: Any, axis: int = -1, *, global_scale: bool = True, pad: bool = False) -> NVFP4Tensor:
+def quantize_nvfp4(x: Any, axis: int = -1, *, global_scale: bool = True, pad: bool = False) -> NVFP4Tensor:
     """Quantize ``x`` to NVFP4 with blocks of 16 along ``axis`` (rules in the module docstring).
 
-    >>> q = nvfp4_quantize(torch.tensor([6.0, 3.0, -1.0, 0.5] * 4), global_scale=False)
+    >>> q = quantize_nvfp4(torch.tensor([6.0, 3.0, -1.0, 0.5] * 4), global_scale=False)
     >>> q.block_scales.tolist(), q.dequantize()[:4].tolist()
     ([56], [6.0, 3.0, -1.0, 0.5])
     """

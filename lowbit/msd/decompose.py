@@ -284,7 +284,7 @@ def _decompose_mx(x: torch.Tensor, fmt: str, elem: str, passes: int, block: int,
     components, scales = [], []
     for _ in range(passes):
         # formats works in float64, so the residual is quantized as it is (no intermediate float32 rounding)
-        mx = formats.mx_quantize(ungrouped(r, r.shape[-2] * block), elem, block=block, axis=-1, scale_rule=scale_rule)
+        mx = formats.quantize_mx(ungrouped(r, r.shape[-2] * block), elem, block=block, axis=-1, scale_rule=scale_rule)
         values = mx.element_values().to(torch.float32).reshape(r.shape)
         scale = mx.scales().to(torch.float64).reshape(r.shape[:-1])
         r = r - values.to(torch.float64) * scale.unsqueeze(-1)  # exact for float32/bf16 inputs (short operands)

@@ -101,7 +101,7 @@ class MSDLinear(nn.Module):
         """Quantize ``linear.weight`` with :mod:`lowbit.formats` and return an equivalent MSDLinear.
 
         INT8: ``formats.quantize_int(W, 8, "channel")`` (or ``"group"``): ``s_w = float32(max|W_row|/127)``,
-        ``q = RNE(W/s_w)``. MXFP4: ``formats.mx_quantize(W, "e2m1", block=32, axis=-1,
+        ``q = RNE(W/s_w)``. MXFP4: ``formats.quantize_mx(W, "e2m1", block=32, axis=-1,
         scale_rule=config.weight_scale_rule, pad=True)``.
         """
         if not isinstance(linear, nn.Linear):
@@ -384,7 +384,7 @@ def quantize_weight(weight: torch.Tensor, config: MSDConfig) -> dict[str, torch.
             return {"qweight": wq.q, "weight_scale": wq.scale.reshape(weight.shape[0], 1)}
         wq = formats.quantize_int(weight, 8, "group", group_size=config.group_size)
         return {"qweight": wq.q, "weight_scale": wq.scale.reshape(weight.shape[0], -1)}
-    mx = formats.mx_quantize(weight, "e2m1", block=MX_BLOCK, axis=-1, scale_rule=config.weight_scale_rule, pad=True)
+    mx = formats.quantize_mx(weight, "e2m1", block=MX_BLOCK, axis=-1, scale_rule=config.weight_scale_rule, pad=True)
     return {"weight_codes": mx.codes, "weight_scale_exponents": mx.scale_exponents}
 
 

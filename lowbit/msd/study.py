@@ -454,7 +454,7 @@ def _quantized_weight(kind: str, w: torch.Tensor) -> Any:
         return formats.quantize_int(w, 8, "channel")
     if kind == "int8-group128":
         return formats.quantize_int(w, 8, "group", group_size=128)
-    return formats.mx_quantize(w, "e2m1", block=32, scale_rule="ceil", pad=True)
+    return formats.quantize_mx(w, "e2m1", block=32, scale_rule="ceil", pad=True)
 
 
 def accuracy_study(

@@ -1,7 +1,7 @@
 """A uniform read-only view of a quantized weight ``[N, K]`` (nn.Linear layout) from :mod:`lowbit.formats`.
 
 MSD multiplies the weight as stored: integer codes with per-tensor / per-channel / per-group scales
-(``formats.quantize_int``) or MX element values with E8M0 block scales along K (``formats.mx_quantize``). This
+(``formats.quantize_int``) or MX element values with E8M0 block scales along K (``formats.quantize_mx``). This
 module reads both into :class:`WeightView` so that the GEMM code needs no knowledge of the container classes.
 """
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from lowbit.formats import nvfp4_quantize
+from lowbit.formats import quantize_nvfp4
 from tests.formats.reference import ref_codes, ref_values
 
 
@@ -24,7 +24,7 @@ def ref_nvfp4(x: np.ndarray, global_scale: bool) -> tuple[np.ndarray, np.ndarray
 def test_against_reference(global_scale):
     rng = np.random.default_rng(5)
     x = (rng.standard_normal((32, 128)) * np.exp2(rng.integers(-6, 6, (32, 1)))).astype(np.float32)
-    q = nvfp4_quantize(torch.from_numpy(x), global_scale=global_scale)
+    q = quantize_nvfp4(torch.from_numpy(x), global_scale=global_scale)
     codes, scales, deq = ref_nvfp4(x, global_scale)
     unpacked = np.stack([q.codes.numpy() & 0xF, q.codes.numpy() >> 4], -1).reshape(x.shape)
     np.testing.assert_array_equal(unpacked, codes)
@@ -39,20 +39,20 @@ def test_special_blocks_and_axis():
     x = torch.randn(3, 16, 2)
     x[0, 3, 0] = float("nan")
     x[1, :, 1] = 0.0
-    q = nvfp4_quantize(x, axis=1)
+    q = quantize_nvfp4(x, axis=1)
     assert q.block_scales.shape == (3, 1, 2) and q.block_scales[0, 0, 0].item() == 0x7F
     d = q.dequantize()
     assert torch.isnan(d[0, :, 0]).all() and torch.isfinite(d[1:]).all() and torch.isfinite(d[0, :, 1]).all()
     assert torch.equal(d[1, :, 1], torch.zeros(16))
-    zeros = nvfp4_quantize(torch.zeros(32))
+    zeros = quantize_nvfp4(torch.zeros(32))
     assert zeros.global_scale.item() == 1.0 and torch.equal(zeros.dequantize(), torch.zeros(32))
 
 
 def test_bad_inputs():
     with pytest.raises(ValueError, match="size 20 along axis 0"):
-        nvfp4_quantize(torch.ones(20))
-    assert nvfp4_quantize(torch.ones(20), pad=True).dequantize().shape == (20,)
+        quantize_nvfp4(torch.ones(20))
+    assert quantize_nvfp4(torch.ones(20), pad=True).dequantize().shape == (20,)
     with pytest.raises(ValueError, match="axis"):
-        nvfp4_quantize(torch.ones(16), axis=1)
+        quantize_nvfp4(torch.ones(16), axis=1)
     with pytest.raises(TypeError, match="floating-point"):
-        nvfp4_quantize(torch.ones(16, dtype=torch.int32))
+        quantize_nvfp4(torch.ones(16, dtype=torch.int32))

@@ -23,7 +23,7 @@ def _weight(n: int, k: int, kind: str, seed: int = 100):
         return w, formats.quantize_int(w, 8, "tensor")
     if kind == "int4_group":
         return w, formats.quantize_int(w, 4, "group", group_size=32)
-    return w, formats.mx_quantize(w, "e2m1", block=32, scale_rule="ceil", pad=True)
+    return w, formats.quantize_mx(w, "e2m1", block=32, scale_rule="ceil", pad=True)
 
 
 WEIGHTS = ["int8_channel", "int8_group", "int8_tensor", "int4_group", "mxfp4"]
@@ -136,7 +136,7 @@ def test_zero_rows_and_batch_dims():
 
 def test_k_not_a_multiple_of_the_block():
     w = torch.randn(4, 50, dtype=torch.float64)
-    w_q = formats.mx_quantize(w, "e2m1", block=32, scale_rule="ceil", pad=True)
+    w_q = formats.quantize_mx(w, "e2m1", block=32, scale_rule="ceil", pad=True)
     x = activations("gaussian", (3, 50), seed=1)
     y = msd.matmul(x, w_q, accumulate=torch.float64)
     bound = msd.matmul_error_bound(x, w_q, accumulate=torch.float64)
