@@ -2,7 +2,7 @@
 
 Writes ``benchmarks/results/msd_accuracy.json`` (``msd_accuracy_quick.json`` with ``--quick``). Accuracy only:
 errors against float64 products with the same quantized weights and with the unquantized weights
-(``../shared/papers/msd.md`` §7, §8). Run it alone on a shared machine:
+(``docs/methods/msd.md`` §7, §8). Run it alone on a shared machine:
 
     flock /tmp/lowbit-bench.lock .venv/bin/python benchmarks/bench_msd_accuracy.py [--quick]
 """
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _harness import print_table, write_results
 
-from lowbit.msd.study import (
+from lowbit.lab.msd.study import (
     FULL_SHAPES,
     QUICK_SHAPES,
     accuracy_study,

@@ -1,4 +1,4 @@
-"""MSD, Multi-Scale Dequant: quantized GEMMs that never dequantize the weight (``../shared/papers/msd.md``).
+"""MSD, Multi-Scale Dequant: quantized GEMMs that never dequantize the weight (``docs/methods/msd.md``).
 
 The activation is decomposed into a few low-precision components with shrinking scales
 (:func:`decompose`); each component multiplies the quantized weight in an exact low-precision GEMM and the

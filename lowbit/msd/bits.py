@@ -1,4 +1,4 @@
-"""Effective bits of an approximation ``x̂`` of ``x`` (``../shared/papers/msd.md`` §7).
+"""Effective bits of an approximation ``x̂`` of ``x`` (``docs/methods/msd.md`` §7).
 
 Definitions (all in bits, larger is better):
 

@@ -1,4 +1,4 @@
-"""Theoretical error bounds of the MSD decompositions, per scale group (``../shared/papers/msd.md`` §3, §5, §6).
+"""Theoretical error bounds of the MSD decompositions, per scale group (``docs/methods/msd.md`` §3, §5, §6).
 
 * INT8, ``p`` passes, group maximum ``M`` ([paper] for p = 2, [derived] for any p)::
 

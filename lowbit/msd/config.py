@@ -1,6 +1,6 @@
 """How a linear layer is quantized and multiplied: the :class:`MSDConfig` dataclass.
 
-``MSDConfig(weight="int8", passes=2, method="msd")`` is the paper's W8A16 setting (``../shared/papers/msd.md``
+``MSDConfig(weight="int8", passes=2, method="msd")`` is the paper's W8A16 setting (``docs/methods/msd.md``
 §3): per-output-channel INT8 weights, the activation split into two INT8 components per token row, exact
 INT8×INT8→INT32 GEMMs, FP32 recombination. ``weight="mxfp4"`` is W4A16 with OCP MXFP4 weights (E2M1 elements,
 one E8M0 scale per 32 weights along K, 4.25 bits per weight) and the activation split into MXFP4 components

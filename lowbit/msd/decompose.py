@@ -1,6 +1,6 @@
 """Multi-scale activation decomposition: ``x ≈ Σ_i S_i ⊙ A_i`` with low-precision components ``A_i``.
 
-MSD (``../shared/papers/msd.md`` §2) never dequantizes the weight; it writes the high-precision activation
+MSD (``docs/methods/msd.md`` §2) never dequantizes the weight; it writes the high-precision activation
 as a short sum of low-precision parts with shrinking scales, each of which a native low-precision GEMM can
 multiply with the quantized weight directly.
 

@@ -1,4 +1,4 @@
-"""Exact low-precision GEMM primitives used by MSD (``../shared/papers/msd.md`` §3, §5).
+"""Exact low-precision GEMM primitives used by MSD (``docs/methods/msd.md`` §3, §5).
 
 * :func:`int_gemm`: the exact ``A·Bᵀ`` of int8 operands, as int64. It is the *reference* the fast INT8 kernels
   are checked against, so it never calls one: the integers are multiplied in a float64 GEMM, which is exact by

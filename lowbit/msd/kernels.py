@@ -3,7 +3,7 @@
 The exact reference is :func:`lowbit.msd.matmul` (float64 decomposition, exact integer GEMM); this module is the
 fast path that :class:`lowbit.msd.MSDLinear` runs, tested against it (``tests/msd/test_kernels.py``).
 
-**Fused decomposition** (``../shared/papers/msd.md`` §3, float32, p passes, one scale per token row)::
+**Fused decomposition** (``docs/methods/msd.md`` §3, float32, p passes, one scale per token row)::
 
     inv = 127 / max|x_row|                     (0 for an all-zero row)
     t_1 = x · inv                              (one float32 rounding: |t_1| <= 127)

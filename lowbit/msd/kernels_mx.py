@@ -1,4 +1,4 @@
-"""MXFP4 × MXFP4 products by exact integer emulation on the CPU's INT8 GEMMs (``../shared/papers/msd.md`` §5).
+"""MXFP4 × MXFP4 products by exact integer emulation on the CPU's INT8 GEMMs (``docs/methods/msd.md`` §5).
 
 CPUs have no FP4 units. An MX element ``a`` (E2M1: ±{0, .5, 1, 1.5, 2, 3, 4, 6}) in a block with E8M0 scale
 ``2^e`` has the value ``c·2^(e-1)`` with the integer ``c = 2a ∈ [-12, 12]``. Products of two blocks then only

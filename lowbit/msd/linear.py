@@ -1,6 +1,6 @@
 """``MSDLinear``: a drop-in ``nn.Linear`` replacement with quantized weights and MSD (or dequant) GEMMs.
 
-``../shared/papers/msd.md`` §2-§3, §5. For ``y = x·Wᵀ + b`` with the weight stored quantized:
+``docs/methods/msd.md`` §2-§3, §5. For ``y = x·Wᵀ + b`` with the weight stored quantized:
 
 * ``MSDConfig(weight="int8", method="msd")``: ``W = q ⊙ s_w`` (INT8 codes, float32 scale per output channel or
   per K-group). The activation is split per token row into ``p`` INT8 components (``x ≈ Σ_i s_i·q_i``,

@@ -1,6 +1,6 @@
 """MSD matmul ``y = x · Wqᵀ`` without dequantizing the weight, and the dequant baselines it replaces.
 
-``../shared/papers/msd.md`` §2, §3, §5, §8. With the activation decomposed as ``x ≈ Σ_i S_i ⊙ A_i``
+``docs/methods/msd.md`` §2, §3, §5, §8. With the activation decomposed as ``x ≈ Σ_i S_i ⊙ A_i``
 (:func:`lowbit.msd.decompose`):
 
 * INT8 weights (W8A16): ``y = Σ_g s_w[:, g] ⊙ Σ_i s_i[:, g] ⊙ (A_i[:, g] · Wq[:, g]ᵀ)`` where every ``A_i · Wqᵀ``

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowbit import msd
+from lowbit.lab.msd.distributions import DISTRIBUTIONS, activations
 from lowbit.msd.decompose import grouped
-from lowbit.msd.distributions import DISTRIBUTIONS, activations
 
 SETTINGS = settings(max_examples=40, deadline=None)
 

@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowbit import msd
+from lowbit.lab.msd.distributions import DISTRIBUTIONS, activations
 from lowbit.msd.bounds import tight_mx_bound
 from lowbit.msd.decompose import grouped
-from lowbit.msd.distributions import DISTRIBUTIONS, activations
 
 SETTINGS = settings(max_examples=40, deadline=None)
 GRID = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowbit import formats, msd
-from lowbit.msd.distributions import DISTRIBUTIONS, activations
+from lowbit.lab.msd.distributions import DISTRIBUTIONS, activations
 from lowbit.msd.weights import weight_view
 
 

@@ -1,4 +1,8 @@
-"""``lowbit bits``: the MSD effective-bits table beside the paper's 16 / 6.6 / 5.24 (``../shared/papers/msd.md`` §7)."""
+"""``lowbit bits``: the MSD effective-bits table beside the paper's 16 / 6.6 / 5.24 (``docs/methods/msd.md`` §7).
+
+A study, not a user tool: it measures :func:`lowbit.msd.decompose` with :func:`lowbit.msd.effective_bits` on the
+synthetic activations of :mod:`lowbit.lab.msd.distributions` (:mod:`lowbit.lab.msd.study` computes the rows).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ import json
 import sys
 from typing import Any
 
-from lowbit.msd.distributions import DISTRIBUTIONS
-from lowbit.msd.study import bits_table, explain_six_six, six_six_search
+from lowbit.cli_tables import print_rich_table
+from lowbit.lab.msd.distributions import DISTRIBUTIONS
+from lowbit.lab.msd.study import bits_table, explain_six_six, six_six_search
 
 
 def register(subparsers: Any) -> None:
@@ -20,21 +25,43 @@ def register(subparsers: Any) -> None:
         "worst-case definition (vs the group max M for INT8, vs alpha per 32-block for MX), -log2 relative RMS, "
         "and the relative L2 error, beside the paper's 16 (INT8 x2), 6.6 (MXFP4 x2) and 5.24 (MXFP8 x1).",
     )
-    p.add_argument("--rows", type=int, default=16, help="activation rows per distribution (default 16)")
-    p.add_argument("--k", type=int, default=4096, help="row length K (default 4096)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=16,
+        help="token rows of BF16 activations drawn per distribution (positive; default 16)",
+    )
+    p.add_argument(
+        "--k",
+        type=int,
+        default=4096,
+        help="row length K, the reduction dimension: INT8 uses one scale per row, MX one per 32-block "
+        "(positive; default 4096)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random activations (default 0)")
     p.add_argument(
         "--dist",
         action="append",
         choices=DISTRIBUTIONS,
-        help="distribution(s) to include (repeatable; default: all)",
+        help="activation distribution to include; repeat the option for several "
+        f"(default: all of {', '.join(DISTRIBUTIONS)})",
     )
-    p.add_argument("--no-search", action="store_true", help="skip the search for the paper's 6.6")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument(
+        "--no-search",
+        action="store_true",
+        help="skip the search for a bits definition and data set giving the paper's 6.6 (MXFP4 x2) together "
+        "with 5.24 (MXFP8 x1); the main table is printed either way",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (keys bits, six_six, explanation) instead of the tables",
+    )
     p.set_defaults(func=run)
 
 
 def _fmt(v: Any) -> str:
+    """A cell: ``-`` for None, floats below 1 to 3 significant digits, others to 2 decimals (``16.00``)."""
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -42,14 +69,8 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _print_table(header: list[str], rows: list[list[Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(*header, show_lines=False)
-    for r in rows:
-        table.add_row(*(_fmt(v) for v in r))
-    Console(width=160).print(table)
+def _print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
+    print_rich_table(title, header, [[_fmt(v) for v in r] for r in rows])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,11 +92,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"MSD effective bits on {args.rows}x{args.k} BF16 activations (seed {args.seed}).")
     print("worst-case: INT8 log2(M / max|e|) per group (row or K-block); MX -log2(max|e| / alpha) per 32-block, ")
     print("alpha = 2^(floor(log2 amax)+1). Paper: 16 (INT8 x2, worst case), 5.24 (MXFP8 x1, rel RMS), 6.6 (MXFP4 x2).")
-    _print_table(header, rows)
+    _print_table("Effective bits: scheme x distribution", header, rows)
     if search is not None:
         best = search["best"]
         print("Search for the paper's 6.6 (MXFP4 x2) together with 5.24 (MXFP8 x1) on the same data:")
         _print_table(
+            "The 6.6 search: closest distribution per candidate definition",
             ["definition", "closest dist for 5.24", "MXFP8 x1", "closest dist for 6.6", "MXFP4 x2"],
             [
                 [name, v["mxfp8_best"][0], v["mxfp8_best"][1], v["mxfp4_best"][0], v["mxfp4_best"][1]]

@@ -1,6 +1,6 @@
 """The MSD measurements behind ``lowbit bits``, the report section and ``benchmarks/bench_msd_accuracy.py``.
 
-Three studies, each a plain function returning JSON-ready rows (``../shared/papers/msd.md`` §7, §8):
+Three studies, each a plain function returning JSON-ready rows (``docs/methods/msd.md`` §7, §8):
 
 * :func:`bits_table`: effective bits of every scheme (format x passes x scale rule) on every activation
   distribution, both definitions, beside the paper's 16 / 6.6 / 5.24.
@@ -20,10 +20,10 @@ from typing import Any
 import torch
 
 from lowbit import formats
+from lowbit.lab.msd.distributions import DISTRIBUTIONS, activations
 from lowbit.msd.bits import effective_bits
 from lowbit.msd.bounds import mx_alpha
 from lowbit.msd.decompose import decompose, grouped
-from lowbit.msd.distributions import DISTRIBUTIONS, activations
 from lowbit.msd.multiply import matmul, matmul_reference
 
 __all__ = [

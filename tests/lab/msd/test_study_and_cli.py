@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lowbit import msd
 from lowbit.cli import main
+from lowbit.lab.msd import study
+from lowbit.lab.msd.distributions import DISTRIBUTIONS, activations
+from lowbit.lab.msd.report_section import SECTION
 from lowbit.lab.report.section import SectionContext
-from lowbit.msd import study
-from lowbit.msd.distributions import DISTRIBUTIONS, activations
-from lowbit.msd.report_section import SECTION
 
 
 @pytest.fixture(scope="module")
@@ -73,23 +72,6 @@ def test_accuracy_study_rows_and_summary():
     base = summary[("int8-channel", "W8A16 dequant (bf16)")]
     assert msd2["rel_l2_q_gmean"] < base["rel_l2_q_gmean"] / 10  # MSD keeps the int8 weight exact
     assert summary[("mxfp4", "W4A16 dequant (bf16)")]["rel_l2_q_gmean"] < 1e-6  # exact dequant, fp32 GEMM
-
-
-def test_effective_bits_definitions_and_errors():
-    x = activations("uniform", (4, 64), seed=0)
-    d = msd.decompose(x, "int8", passes=2)
-    x_hat = d.reconstruct(torch.float64)
-    assert msd.effective_bits(x, x) == math.inf
-    assert msd.effective_bits(x, x_hat, "enob") < msd.effective_bits(x, x_hat, "rms")
-    assert msd.effective_bits(x, x_hat, "uniform") == pytest.approx(math.log2(64516), abs=0.3)
-    with pytest.raises(ValueError, match="kind"):
-        msd.effective_bits(x, x_hat, "mean")
-    with pytest.raises(ValueError, match="shape"):
-        msd.effective_bits(x, x_hat[:2])
-    with pytest.raises(ValueError, match="NaN"):
-        msd.effective_bits(torch.full((1, 2), float("nan")), torch.zeros(1, 2))
-    with pytest.raises(ValueError, match="relative_to"):
-        msd.effective_bits(x, x_hat, relative_to="beta")
 
 
 def test_distributions():

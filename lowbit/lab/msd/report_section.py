@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lowbit.lab.report.section import Section, SectionContext, SectionOutput
-from lowbit.msd.distributions import DISTRIBUTIONS
-from lowbit.msd.study import (
+from lowbit.lab.msd.distributions import DISTRIBUTIONS
+from lowbit.lab.msd.study import (
     accuracy_study,
     bits_table,
     explain_six_six,
@@ -17,6 +16,7 @@ from lowbit.msd.study import (
     six_six_search,
     summarize_accuracy,
 )
+from lowbit.lab.report.section import Section, SectionContext, SectionOutput
 
 _QUICK_SHAPES = ((1, 2048, 256), (16, 2048, 256), (256, 1024, 128))
 _FULL_SHAPES = ((1, 4096, 512), (16, 4096, 512), (256, 4096, 256), (2048, 1024, 128), (16, 16384, 128))

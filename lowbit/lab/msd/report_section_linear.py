@@ -10,14 +10,13 @@ against the float64 product with them.
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from lowbit._timing import median_time
 from lowbit.lab.report.machine import cpu_model
 from lowbit.lab.report.section import Section, SectionContext, SectionOutput
 from lowbit.lab.report.stored import machine_caveat, provenance
@@ -27,22 +26,15 @@ RESULTS = "msd_linear.json"
 
 
 def _median_time(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # two untimed calls: the first call of a kernel also builds its oneDNN primitive
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    """Median of ``repeats`` calls after two untimed ones (the first call of a kernel builds its oneDNN primitive)."""
+    return median_time(fn, repeats=repeats, warmup=2)
 
 
 def measure_shape(m: int, k: int, n: int, *, repeats: int = 5, seed: int = 0) -> dict[str, Any]:
     """Time and error of the six main columns for one ``M x K x N`` shape (one row of the results schema)."""
     import warnings
 
-    from lowbit.msd.config import MSDConfig
-    from lowbit.msd.linear import MSDLinear
+    from lowbit.msd import MSDConfig, MSDLinear
 
     gen = torch.Generator().manual_seed(seed)
     lin = nn.Linear(k, n, bias=False)
