@@ -1,7 +1,8 @@
 """Per-token correction factors for rollout/trainer mismatch: TIS, MIS, sequence IS, IcePop, fixed α and AIS.
 
-See ``../shared/papers/ais.md`` §5 and §7. With δ = log π_old − log μ and w = exp(clamp(δ, ±20)), the
-factor c multiplies the per-token PPO loss before aggregation and carries no gradient:
+See ``docs/methods/ais.md`` §5 and §7 (AIS: "AIS: Adaptive Importance Sampling for Quantized RL",
+arXiv:2605.13907). With δ = log π_old − log μ and w = exp(clamp(δ, ±20)), the factor c multiplies the
+per-token PPO loss before aggregation and carries no gradient:
 
 ==============  ==============================================================  ======================
 mode            c_{i,t}                                                         source
@@ -16,16 +17,19 @@ mode            c_{i,t}                                                         
 ``ais``         (1 − α) + α·min(w, C), α from R, D, V every batch               AIS [reconstruction]
 ==============  ==============================================================  ======================
 
-Rejected tokens (mis, seq-mis, icepop) leave the loss *and its normaliser*: :attr:`Correction.mask` is the
-input mask with them removed (counting them in the denominator was a bug in slime PR #657 / verl #3915).
+Each mode is a function ``ModeInputs -> ModeOutput`` in the registry :data:`MODES` (name -> function), as
+the diagnostics are; :class:`CorrectionConfig` accepts any registered name, and :func:`register_mode` adds
+one. Rejected tokens (mis, seq-mis, icepop) leave the loss *and its normaliser*: :attr:`Correction.mask` is
+the input mask with them removed (counting them in the denominator was a bug in slime PR #657 / verl #3915).
 Because the AIS loss is linear in c, ``∇L_AIS = (1−α)·∇L_none + α·∇L_tis`` exactly (same normaliser).
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -48,9 +52,18 @@ from lowbit.rl.diagnostics import (
 )
 from lowbit.rl.mixing import MIXINGS, Mixing, MixInputs
 
-__all__ = ["METRIC_KEYS", "MODES", "Correction", "CorrectionConfig", "CorrectionState", "correction"]
-
-MODES = ("none", "tis", "mis", "seq-tis", "seq-mis", "icepop", "fixed-alpha", "ais")
+__all__ = [
+    "METRIC_KEYS",
+    "MODES",
+    "Correction",
+    "CorrectionConfig",
+    "CorrectionMode",
+    "CorrectionState",
+    "ModeInputs",
+    "ModeOutput",
+    "correction",
+    "register_mode",
+]
 
 #: Every metrics dict returned by :func:`correction` has exactly these keys, whatever the mode.
 METRIC_KEYS = (
@@ -83,7 +96,8 @@ METRIC_KEYS = (
 class CorrectionConfig:
     """How to correct the policy gradient for the rollout/trainer mismatch.
 
-    - ``mode``: one of :data:`MODES`.
+    - ``mode``: a name registered in :data:`MODES` (the eight built-in ones, or one added by
+      :func:`register_mode`).
     - ``cap``: C, the truncation (tis, seq-tis, fixed-alpha, ais) or rejection (mis, seq-mis) threshold.
     - ``band``: IcePop's accepted band [L, U] of the token ratio.
     - ``alpha``: the constant α of ``fixed-alpha``.
@@ -119,7 +133,7 @@ class CorrectionConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+            raise ValueError(f"mode must be one of {tuple(MODES)}, got {self.mode!r}")
         if not self.cap > 0:
             raise ValueError(f"cap must be > 0, got {self.cap}")
         if len(self.band) != 2 or not 0 <= self.band[0] < self.band[1]:
@@ -263,6 +277,146 @@ def _metrics(
     }
 
 
+# ---------------------------------------------------------------- the modes: a registry of functions
+
+
+@dataclass(frozen=True)
+class ModeInputs:
+    """What a correction mode sees for one batch; every tensor has shape (B, T) and carries no gradient.
+
+    ``delta`` = δ = clamp(log π_old − log μ, ±L) (0 at invalid tokens), ``w`` = exp(δ), ``mask`` the valid
+    tokens (bool), ``config`` the :class:`CorrectionConfig`, ``alpha_hat`` this batch's AIS coefficient α̂
+    (computed whatever the mode, so the metrics keep their keys) and ``previous_alpha`` the α the previous
+    step stored in :class:`CorrectionState` (``None`` at the first step).
+    """
+
+    delta: torch.Tensor
+    w: torch.Tensor
+    mask: torch.Tensor
+    config: CorrectionConfig
+    alpha_hat: float
+    previous_alpha: float | None
+
+
+@dataclass(frozen=True)
+class ModeOutput:
+    """What a correction mode returns.
+
+    ``alpha``: the mixing coefficient reported (0 = uncorrected, 1 = a pure IS correction); ``coef``: the factor
+    c per token, shape (B, T); ``keep``: the tokens the mode keeps (``None`` = every valid token; the others are
+    rejected: weight 0 and out of the loss normaliser); ``remember_alpha``: store ``alpha`` in the next
+    :class:`CorrectionState` (AIS's EMA reads it back as ``previous_alpha``).
+    """
+
+    alpha: float
+    coef: torch.Tensor
+    keep: torch.Tensor | None = None
+    remember_alpha: bool = False
+
+
+CorrectionMode = Callable[[ModeInputs], ModeOutput]
+
+_MODES: dict[str, CorrectionMode] = {}
+
+#: Every correction mode by name (read-only view; :func:`register_mode` adds to it).
+MODES: Mapping[str, CorrectionMode] = MappingProxyType(_MODES)
+
+
+def register_mode(name: str) -> Callable[[CorrectionMode], CorrectionMode]:
+    """Decorator: register ``fn(ModeInputs) -> ModeOutput`` as the correction mode ``name``.
+
+    After registration ``CorrectionConfig(mode=name)`` is valid and :func:`correction` calls ``fn``; the
+    metrics, the rejection mask and the state are handled by :func:`correction` as for the built-in modes.
+    A name can be registered once.
+
+    >>> @register_mode("half")
+    ... def half(x: ModeInputs) -> ModeOutput:
+    ...     return ModeOutput(alpha=0.0, coef=torch.full_like(x.w, 0.5))
+    >>> lp = torch.log(torch.tensor([[0.5, 0.25]]))
+    >>> correction(lp, lp, torch.ones(1, 2), config=CorrectionConfig(mode="half")).weights.tolist()
+    [[0.5, 0.5]]
+    >>> del _MODES["half"]  # (keep the registry as shipped)
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a mode name must be a non-empty string, got {name!r}")
+
+    def add(fn: CorrectionMode) -> CorrectionMode:
+        if not callable(fn):
+            raise TypeError(f"mode {name!r} must be a callable ModeInputs -> ModeOutput, got {type(fn).__name__}")
+        if name in _MODES:
+            raise ValueError(f"correction mode {name!r} is already registered")
+        _MODES[name] = fn
+        return fn
+
+    return add
+
+
+def _blend(alpha: float, branch: torch.Tensor, cap: float) -> torch.Tensor:
+    """``(1 − α) + α·min(branch, C)``: the line between no correction (α = 0) and truncated IS (α = 1)."""
+    return (1.0 - alpha) + alpha * branch.clamp(max=cap)
+
+
+def _sequence_branch(x: ModeInputs, how: str) -> torch.Tensor:
+    return _sequence_weight(x.delta, x.mask, how, x.config.log_ratio_clamp).expand_as(x.w)
+
+
+@register_mode("none")
+def mode_none(x: ModeInputs) -> ModeOutput:
+    """Plain GRPO: ``c = 1``, α = 0."""
+    return ModeOutput(0.0, torch.ones_like(x.w))
+
+
+@register_mode("tis")
+def mode_tis(x: ModeInputs) -> ModeOutput:
+    """Token truncated IS: ``c = min(w, C)``, α = 1."""
+    return ModeOutput(1.0, x.w.clamp(max=x.config.cap))
+
+
+@register_mode("mis")
+def mode_mis(x: ModeInputs) -> ModeOutput:
+    """Token masked IS: ``c = w``, tokens with ``w > C`` rejected, α = 1."""
+    return ModeOutput(1.0, x.w, keep=x.mask & (x.w <= x.config.cap))
+
+
+@register_mode("seq-tis")
+def mode_seq_tis(x: ModeInputs) -> ModeOutput:
+    """Sequence truncated IS: ``c = min(W_i, C)`` on every token of response i, α = 1."""
+    return ModeOutput(1.0, _sequence_branch(x, x.config.seq_ratio).clamp(max=x.config.cap))
+
+
+@register_mode("seq-mis")
+def mode_seq_mis(x: ModeInputs) -> ModeOutput:
+    """Sequence masked IS: ``c = W_i``, responses with ``W_i > C`` rejected whole, α = 1."""
+    ws = _sequence_branch(x, x.config.seq_ratio)
+    return ModeOutput(1.0, ws, keep=x.mask & (ws <= x.config.cap))
+
+
+@register_mode("icepop")
+def mode_icepop(x: ModeInputs) -> ModeOutput:
+    """IcePop: ``c = w`` inside the band ``L ≤ w ≤ U``, tokens outside rejected, α = 1."""
+    lo, hi = x.config.band
+    return ModeOutput(1.0, x.w, keep=x.mask & (x.w >= lo) & (x.w <= hi))
+
+
+@register_mode("fixed-alpha")
+def mode_fixed_alpha(x: ModeInputs) -> ModeOutput:
+    """A constant blend: ``c = (1 − α) + α·min(w, C)`` with α = ``config.alpha``."""
+    return ModeOutput(x.config.alpha, _blend(x.config.alpha, x.w, x.config.cap))
+
+
+@register_mode("ais")
+def mode_ais(x: ModeInputs) -> ModeOutput:
+    """AIS [reconstruction]: ``c = (1 − α) + α·min(w, C)`` with ``α_k = ρ·α_{k−1} + (1−ρ)·α̂_k`` (α_1 = α̂_1).
+
+    With ``ais_level="sequence"`` the IS branch is the length-normalised ``exp(mean_t δ)`` instead of w.
+    """
+    cfg = x.config
+    prev = x.previous_alpha
+    alpha = x.alpha_hat if prev is None else cfg.ema * prev + (1 - cfg.ema) * x.alpha_hat
+    branch = _sequence_branch(x, "mean") if cfg.ais_level == "sequence" else x.w
+    return ModeOutput(alpha, _blend(alpha, branch, cfg.cap), remember_alpha=True)
+
+
 def correction(
     logp_old: torch.Tensor,
     logp_rollout: torch.Tensor,
@@ -281,7 +435,7 @@ def correction(
     previous step (``result.state``). With ``process_group`` the batch sums are all-reduced first, so
     every rank gets the same α (pass ``torch.distributed.group.WORLD`` for the default group).
 
-    For AIS [reconstruction] (ais.md §3-5)::
+    For AIS [reconstruction] (docs/methods/ais.md §3-5)::
 
         R, D, V = reliability(stats), divergence(stats), variance(stats)
         α̂ = clip(mixing(R, D, V), 0, α_max);   α_k = ρ·α_{k−1} + (1−ρ)·α̂  (α_1 = α̂)
@@ -318,36 +472,13 @@ def correction(
     alpha_hat = float(torch.nan_to_num(mix(inputs), nan=0.0).clamp(0.0, config.alpha_max))
     new_state = replace(state, step=state.step + 1, divergence_history=history)
 
-    keep = valid
-    mode = config.mode
-    if mode == "none":
-        alpha, coef = 0.0, torch.ones_like(w)
-    elif mode == "tis":
-        alpha, coef = 1.0, w.clamp(max=config.cap)
-    elif mode == "mis":
-        alpha, keep = 1.0, valid & (w <= config.cap)
-        coef = w
-    elif mode in ("seq-tis", "seq-mis"):
-        ws = _sequence_weight(delta, valid, config.seq_ratio, config.log_ratio_clamp).expand_as(w)
-        alpha = 1.0
-        if mode == "seq-tis":
-            coef = ws.clamp(max=config.cap)
-        else:
-            keep, coef = valid & (ws <= config.cap), ws
-    elif mode == "icepop":
-        lo, hi = config.band
-        alpha, keep = 1.0, valid & (w >= lo) & (w <= hi)
-        coef = w
-    else:  # fixed-alpha, ais
-        if mode == "fixed-alpha":
-            alpha = config.alpha
-        else:
-            alpha = alpha_hat if state.alpha is None else config.ema * state.alpha + (1 - config.ema) * alpha_hat
-            new_state = replace(new_state, alpha=alpha)
-        branch = w
-        if mode == "ais" and config.ais_level == "sequence":
-            branch = _sequence_weight(delta, valid, "mean", config.log_ratio_clamp).expand_as(w)
-        coef = (1.0 - alpha) + alpha * branch.clamp(max=config.cap)
+    out = MODES[config.mode](
+        ModeInputs(delta=delta, w=w, mask=valid, config=config, alpha_hat=alpha_hat, previous_alpha=state.alpha)
+    )
+    alpha, coef = out.alpha, out.coef
+    keep = valid if out.keep is None else out.keep & valid
+    if out.remember_alpha:
+        new_state = replace(new_state, alpha=alpha)
 
     keepf = keep.to(logp_old.dtype)
     weights = (coef.to(logp_old.dtype) * keepf).detach()

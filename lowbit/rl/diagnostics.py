@@ -1,6 +1,6 @@
-"""Batch statistics of the rollout/trainer mismatch and the three AIS diagnostics (``../shared/papers/ais.md`` §2-3).
+"""Batch statistics of the rollout/trainer mismatch and the three AIS diagnostics (``docs/methods/ais.md`` §2-3).
 
-Notation (ais.md §2): for valid tokens (mask ``m``),
+Notation (docs/methods/ais.md §2): for valid tokens (mask ``m``),
 
     δ = log π_old − log μ          (detached; μ = rollout engine, π_old = trainer precision)
     w = exp(clamp(δ, −L, L))       (L = 20, verl's safety bound)
@@ -8,7 +8,7 @@ Notation (ais.md §2): for valid tokens (mask ``m``),
 
 Every diagnostic is a function of a handful of *global sums* (:class:`MismatchStats`), so a data-parallel
 run reduces those sums over the process group first and every rank then derives the same R, D, V and α
-(ais.md §4, "Distributed runs"). Sums are kept in float64.
+(docs/methods/ais.md §4, "Distributed runs"). Sums are kept in float64.
 
 The diagnostics themselves are **[reconstruction]**: the AIS paper's formulas are not public. Each one is
 a plain function ``MismatchStats -> 0-dim tensor`` looked up by name in a read-only table, and the config
@@ -158,7 +158,8 @@ def reduce_stats(stats: MismatchStats, group: Any) -> MismatchStats:
 def reliability_ess(s: MismatchStats) -> torch.Tensor:
     """Kish normalised ESS of the token weights: ``R = (Σw)² / (N·Σw²) = 1/(1 + CV²)``; 1 when N = 0.
 
-    verl's ``rollout_is_eff_sample_size``. [reconstruction] as the AIS "weight reliability" (ais.md §3.1).
+    verl's ``rollout_is_eff_sample_size``. [reconstruction] as the AIS "weight reliability"
+    (docs/methods/ais.md §3.1).
     """
     return _safe_div(s.sum_w * s.sum_w, s.n_tokens * s.sum_w2, 1.0).clamp(0.0, 1.0)
 
@@ -182,7 +183,7 @@ def divergence_k3(s: MismatchStats) -> torch.Tensor:
 
 
 def divergence_max_abs(s: MismatchStats) -> torch.Tensor:
-    """``max |δ|`` over valid tokens: the worst token, which means hide (ais.md §8 "Monitoring")."""
+    """``max |δ|`` over valid tokens: the worst token, which means hide (docs/methods/ais.md §8 "Monitoring")."""
     return s.max_abs_delta
 
 
@@ -200,7 +201,7 @@ def variance_chi2(s: MismatchStats) -> torch.Tensor:
 
 
 def variance_grad(s: MismatchStats) -> torch.Tensor:
-    """Gradient-aware ``V_g = max(0, E[(w·Â)²]/E[Â²] − 1)`` (ais.md §3.3). [reconstruction]
+    """Gradient-aware ``V_g = max(0, E[(w·Â)²]/E[Â²] − 1)`` (docs/methods/ais.md §3.3). [reconstruction]
 
     The factor by which reweighting inflates the second moment of the per-token advantage signal. When
     the batch carries no advantage signal (``ΣÂ² = 0``: advantages not given, or every group tied) the

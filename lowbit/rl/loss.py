@@ -1,4 +1,4 @@
-"""The clipped policy-gradient loss with a rollout correction factor (``../shared/papers/ais.md`` §5, §7).
+"""The clipped policy-gradient loss with a rollout correction factor (``docs/methods/ais.md`` §5, §7).
 
 Per token, with r = π_θ/π_old and the (detached) correction factor c from :func:`~lowbit.rl.correction`::
 

@@ -1,4 +1,4 @@
-"""The AIS mixing rule: three diagnostics -> one coefficient α̂ (``../shared/papers/ais.md`` §4). [reconstruction]
+"""The AIS mixing rule: three diagnostics -> one coefficient α̂ (``docs/methods/ais.md`` §4). [reconstruction]
 
 The paper combines weight reliability R, divergence severity D and variance amplification V into one
 coefficient but does not publish the formula. Two reconstructions are offered, both monotone: α̂ is
@@ -45,7 +45,7 @@ def mix_gate(x: MixInputs) -> torch.Tensor:
         s_D = 1 − exp(−D/τ_D),   s_V = 1/(1 + V/τ_V),   α̂ = s_D · R · s_V
 
     0 with no mismatch, rises towards R·s_V as the divergence grows, shrinks when the weights turn
-    heavy-tailed. [reconstruction] (ais.md §4, Form A).
+    heavy-tailed. [reconstruction] (docs/methods/ais.md §4, Form A).
     """
     s_d = 1.0 - torch.exp(-x.divergence / x.tau_d)
     s_v = 1.0 / (1.0 + x.variance / x.tau_v)
@@ -58,7 +58,7 @@ def mix_shrinkage(x: MixInputs) -> torch.Tensor:
         MSE(α) ≈ (1−α)²·b² + α²·v  ->  α* = b²/(b² + v),  b² ∝ D²,  v ∝ V/(R·B)
         α̂ = R · D² / (D² + κ·V/B)
 
-    0 when D = 0; R when V = 0 and D > 0. [reconstruction] (ais.md §4, Form B).
+    0 when D = 0; R when V = 0 and D > 0. [reconstruction] (docs/methods/ais.md §4, Form B).
     """
     d2 = x.divergence * x.divergence
     noise = x.kappa * x.variance / x.n_seq.clamp_min(1.0)

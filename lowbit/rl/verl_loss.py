@@ -1,4 +1,4 @@
-"""A policy-loss function in verl's calling convention, so AIS drops into verl (``../shared/papers/ais.md`` §7).
+"""A policy-loss function in verl's calling convention, so AIS drops into verl (``docs/methods/ais.md`` §7).
 
 verl's ``verl/trainer/ppo/core_algos.py`` keeps policy losses in a registry of functions called as
 ``fn(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_log_probs=...)``.

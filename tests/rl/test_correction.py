@@ -1,4 +1,4 @@
-"""Invariants of the correction factors, the AIS diagnostics and the mixing rule (ais.md §6)."""
+"""Invariants of the correction factors, the AIS diagnostics and the mixing rule (docs/methods/ais.md §6)."""
 
 import math
 
@@ -13,8 +13,12 @@ from lowbit.rl import (
     CorrectionConfig,
     CorrectionState,
     MixInputs,
+    ModeInputs,
+    ModeOutput,
     correction,
+    register_mode,
 )
+from lowbit.rl.correction import _MODES
 from lowbit.rl.diagnostics import mismatch_stats, reliability_ess, variance_cv2, variance_grad
 from lowbit.rl.mixing import mix_gate, mix_shrinkage
 
@@ -156,7 +160,7 @@ def test_padding_does_not_change_anything():
     t=st.integers(1, 6),
     seed=st.integers(0, 10_000),
     scale=st.sampled_from([0.0, 1e-3, 1.0, 30.0, 1e4]),
-    mode=st.sampled_from(MODES),
+    mode=st.sampled_from(tuple(MODES)),
     mask_kind=st.sampled_from(["random", "none", "all"]),
 )
 def test_never_nan_or_inf(b, t, seed, scale, mode, mask_kind):
@@ -237,3 +241,35 @@ def test_bad_inputs_are_clear_errors():
         correction(x, x, torch.ones(2, 3), torch.zeros(5))
     with pytest.raises(TypeError, match="config"):
         correction(x, x, torch.ones(2, 3), config={"mode": "tis"})
+
+
+def test_modes_are_a_registry_of_functions():
+    assert tuple(MODES) == ("none", "tis", "mis", "seq-tis", "seq-mis", "icepop", "fixed-alpha", "ais")
+    assert all(callable(fn) for fn in MODES.values())
+    with pytest.raises(TypeError):
+        MODES["x"] = MODES["tis"]  # read-only view
+    with pytest.raises(ValueError, match="already registered"):
+        register_mode("tis")(MODES["tis"])
+
+
+def test_a_registered_mode_is_a_valid_config_and_gets_the_common_handling():
+    """A new mode is one function: rejection, normaliser, metrics and state come from ``correction``."""
+    old, roll, mask, adv = _batch(scale=0.5)
+    with pytest.raises(ValueError, match="mode"):
+        CorrectionConfig(mode="tis-half")
+
+    @register_mode("tis-half")
+    def tis_half(x: ModeInputs) -> ModeOutput:
+        return ModeOutput(0.5, 0.5 * x.w.clamp(max=x.config.cap), keep=x.w <= 1.5)
+
+    try:
+        c = correction(old, roll, mask, adv, CorrectionConfig(mode="tis-half"))
+        tis = correction(old, roll, mask, adv, CorrectionConfig(mode="tis"))
+        w = torch.exp(torch.where(mask, old - roll, 0.0))
+        assert torch.equal(c.mask, mask & (w <= 1.5))  # invalid tokens never come back
+        torch.testing.assert_close(c.weights, 0.5 * tis.weights * c.mask)
+        assert tuple(c.metrics) == METRIC_KEYS and c.alpha == 0.5 and c.state.alpha is None
+        assert c.metrics["frac_rejected"] > 0
+    finally:
+        del _MODES["tis-half"]
+    assert "tis-half" not in MODES

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from lowbit.rl import LOSS_AGGREGATIONS, CorrectionConfig, aggregate, compute_policy_loss_ais, correction, policy_loss
+from lowbit.rl import LOSS_AGGREGATIONS, CorrectionConfig, compute_policy_loss_ais, correction, policy_loss
+from lowbit.rl.loss import aggregate
 
 
 def _batch(b=6, t=7, scale=0.5, seed=0):

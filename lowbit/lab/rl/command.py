@@ -7,8 +7,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from lowbit.rl.experiment import ARMS, ExperimentConfig, quick_config, run_experiment, sft
-from lowbit.rl.rollout import STRENGTHS
+from lowbit.lab.rl.experiment import ARMS, ExperimentConfig, quick_config, run_experiment, sft
+from lowbit.lab.rl.rollout import STRENGTHS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,7 +55,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 def run(args: argparse.Namespace) -> int:
     """Run the experiment at each requested dose, print the final tables and write the results."""
     from lowbit.lab.report.section import format_cell
-    from lowbit.rl.results import TABLE_HEADER, table_rows, write_outputs
+    from lowbit.lab.rl.results import TABLE_HEADER, table_rows, write_outputs
 
     base = config_from_args(args)
     strengths = args.strength or [base.strength]

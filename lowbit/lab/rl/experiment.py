@@ -1,4 +1,4 @@
-"""The AIS experiment: GRPO on a tiny GPT with FP8 fake-quantized rollouts (``../shared/papers/ais.md`` §9).
+"""The AIS experiment: GRPO on a tiny GPT with FP8 fake-quantized rollouts (``docs/methods/ais.md`` §9).
 
 1. A tiny GPT learns reversed-digit addition from scratch by supervised fine-tuning, stopped once its
    greedy held-out accuracy reaches ``sft_target`` (so RL has signal); that checkpoint is shared by every
@@ -26,11 +26,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lowbit.lab.rl.model import GPT, GPTConfig
+from lowbit.lab.rl.rollout import STRENGTHS, QuantStrength, generate, quantized_copy
+from lowbit.lab.rl.task import AdditionTask
 from lowbit.rl.correction import CorrectionConfig, CorrectionState, correction
 from lowbit.rl.loss import policy_loss
-from lowbit.rl.model import GPT, GPTConfig
-from lowbit.rl.rollout import STRENGTHS, QuantStrength, generate, quantized_copy
-from lowbit.rl.task import AdditionTask
 
 __all__ = ["ARMS", "DEFAULT_ARMS", "Arm", "ExperimentConfig", "final_table", "run_arm", "run_experiment", "sft"]
 

@@ -1,7 +1,7 @@
 """A tiny decoder-only GPT for the AIS experiment, in the spirit of nanoGPT (pre-LN, learned positions).
 
 Every Linear goes through :meth:`GPT.linear`, which applies an optional activation quantizer to its
-input: that is how the FP8 rollout copy fake-quantizes activations (:mod:`lowbit.rl.rollout`).
+input: that is how the FP8 rollout copy fake-quantizes activations (:mod:`lowbit.lab.rl.rollout`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Report section ``rl``: the AIS experiment (reward/accuracy/α/ESS curves per arm and the final table).
 
-Quick mode runs :func:`~lowbit.rl.experiment.quick_config` live (about 30 s); full mode runs the full
+Quick mode runs :func:`~lowbit.lab.rl.experiment.quick_config` live (about 30 s); full mode runs the full
 experiment. Either way, the saved full runs ``rl*.json`` of the report's results folder (written by ``lowbit rl`` /
 ``benchmarks/bench_rl.py``: ``rl.json`` the main run, others e.g. a dose sweep; by default the copies packaged with
 lowbit, else ``lowbit report --results DIR``) are shown too, labelled with their file name, the date they were
@@ -47,8 +47,8 @@ def _summary(exp: dict[str, Any]) -> dict[str, Any]:
 
 
 def _show(out: SectionOutput, exp: dict[str, Any], label: str, *, figure: bool = True) -> None:
-    from lowbit.rl.plots import curves_figure
-    from lowbit.rl.results import TABLE_HEADER, table_rows
+    from lowbit.lab.rl.plots import curves_figure
+    from lowbit.lab.rl.results import TABLE_HEADER, table_rows
 
     cfg = exp["config"]
     out.table(
@@ -66,7 +66,7 @@ def run(ctx: SectionContext) -> SectionOutput:
     """Run the experiment (quick or full) and show it, plus the saved full run when there is one."""
     from dataclasses import replace
 
-    from lowbit.rl.experiment import ExperimentConfig, quick_config, run_experiment
+    from lowbit.lab.rl.experiment import ExperimentConfig, quick_config, run_experiment
 
     out = SectionOutput()
     out.text(

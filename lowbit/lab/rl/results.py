@@ -30,7 +30,7 @@ def _pm(row: Mapping[str, Any], key: str, digits: int = 3) -> str:
 
 
 def table_rows(table: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
-    """Rows for :data:`TABLE_HEADER` from :func:`lowbit.rl.experiment.final_table`."""
+    """Rows for :data:`TABLE_HEADER` from :func:`lowbit.lab.rl.experiment.final_table`."""
     return [
         [
             r["arm"],
@@ -65,7 +65,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def write_outputs(payload: Mapping[str, Any], out_dir: Path, *, name: str = "rl") -> list[Path]:
     """Write ``<name>.json`` (with machine info) and one ``<name>[-<strength>].png`` per dose, each atomically."""
     from lowbit.lab.report.machine import machine_info
-    from lowbit.rl.plots import curves_figure
+    from lowbit.lab.rl.plots import curves_figure
 
     out_dir.mkdir(parents=True, exist_ok=True)
     data = {"benchmark": name, "machine": machine_info(), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **payload}

@@ -1,6 +1,6 @@
 """The FP8 rollout engine of the AIS experiment: a fake-quantized weight copy that samples and records log μ.
 
-Every Linear weight of the copy is fake-quantized (``../shared/papers/ais.md`` §9)::
+Every Linear weight of the copy is fake-quantized (``docs/methods/ais.md`` §9)::
 
     s = amax / f_max        (per output channel = per row, or per tensor)
     q = fp8(x / s) · s      (round to nearest even, saturating; f_max = 448 for E4M3, 57344 for E5M2)
@@ -24,8 +24,8 @@ from types import MappingProxyType
 import torch
 
 from lowbit.formats import ELEMENT_FORMATS, fp8_cast_native
-from lowbit.rl.model import GPT
-from lowbit.rl.task import EOS
+from lowbit.lab.rl.model import GPT
+from lowbit.lab.rl.task import EOS
 
 __all__ = ["STRENGTHS", "QuantStrength", "Rollout", "fake_quant", "generate", "quantized_copy"]
 
@@ -51,7 +51,7 @@ class QuantStrength:
         return f"{self.element}-{self.granularity}" + ("-act" if self.activations else "")
 
 
-#: Doses from mild to strong (ais.md §9 "Dose knob").
+#: Doses from mild to strong (docs/methods/ais.md §9 "Dose knob").
 STRENGTHS: Mapping[str, QuantStrength] = MappingProxyType(
     {
         s.name: s

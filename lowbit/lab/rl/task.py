@@ -1,8 +1,8 @@
 """The synthetic task of the AIS experiment: multi-digit addition with the answer in reversed digit order.
 
 ``"123+456="`` -> ``"975"`` + EOS (579 written least-significant digit first, padded to d+1 digits), the
-format small transformers learn fastest (ais.md §9). The reward is 1 for an exactly correct answer followed
-by EOS, else 0. A pair (a, b) is held out for testing when ``(a·10^d + b) mod 13 == 0``, so the training
+format small transformers learn fastest (docs/methods/ais.md §9). The reward is 1 for an exactly correct answer
+followed by EOS, else 0. A pair (a, b) is held out for testing when ``(a·10^d + b) mod 13 == 0``, so the training
 sampler never draws a test prompt. Character-level vocabulary: digits 0-9, ``+``, ``=`` and EOS ``;``.
 """
 

@@ -129,7 +129,7 @@ def test_sections_read_the_results_folder_not_the_package_path():
 
 
 def test_rl_section_shows_saved_runs_from_the_results_folder(tmp_path):
-    from lowbit.rl.report_section import _saved_runs, _show
+    from lowbit.lab.rl.report_section import _saved_runs, _show
 
     assert next(p.name for p in _saved_runs(packaged_results())) == "rl.json"
     assert _saved_runs(ResultsSource(tmp_path, packaged=False)) == []

@@ -8,10 +8,10 @@ import torch
 
 from lowbit.cli import main
 from lowbit.formats import fp8_cast
-from lowbit.rl.experiment import ARMS, ExperimentConfig, _response_logp, final_table, run_arm, run_experiment
-from lowbit.rl.model import GPT, GPTConfig
-from lowbit.rl.rollout import STRENGTHS, QuantStrength, fake_quant, generate, quantized_copy
-from lowbit.rl.task import EOS, AdditionTask
+from lowbit.lab.rl.experiment import ARMS, ExperimentConfig, _response_logp, final_table, run_arm, run_experiment
+from lowbit.lab.rl.model import GPT, GPTConfig
+from lowbit.lab.rl.rollout import STRENGTHS, QuantStrength, fake_quant, generate, quantized_copy
+from lowbit.lab.rl.task import EOS, AdditionTask
 
 
 def test_task_answers_rewards_and_held_out_split():
