@@ -132,7 +132,7 @@ def quantize_kv(
     if fmt == "int8":
         return QuantizedKV(_quantize_int8(k, k_granularity, "k"), _quantize_int8(v, v_granularity, "v"))
     if fmt == "mxfp4":
-        if scale_rule not in ("ocp", "ceil"):
+        if scale_rule not in formats.SCALE_RULES:
             raise ValueError(f"scale_rule must be 'ocp' or 'ceil', got {scale_rule!r}")
         return QuantizedKV(_quantize_mxfp4(k, scale_rule, "k"), _quantize_mxfp4(v, scale_rule, "v"))
     raise ValueError(f"fmt must be 'int8' or 'mxfp4', got {fmt!r}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lowbit.formats.constants import SCALE_RULES
 from lowbit.formats.elements import ELEMENT_FORMATS, element_values
 from lowbit.formats.fp8 import fp8_cast
 from lowbit.formats.integer import quantize_int
@@ -140,7 +141,7 @@ def roundtrip_schemes(block: int = 32, group_size: int = 128) -> dict[str, tuple
     """Scheme name -> (family, bits per element, function ``x -> (x̂, per-element group amax)``) for [M, K] data."""
     schemes: dict[str, tuple[str, float, Callable]] = {}
     for name, elem in MX_FORMATS.items():
-        for rule in ("ocp", "ceil"):
+        for rule in SCALE_RULES:
             bpe = ELEMENT_FORMATS[elem].bits + 8 / block
 
             def mx(x: torch.Tensor, elem: str = elem, rule: str = rule) -> tuple[torch.Tensor, torch.Tensor]:

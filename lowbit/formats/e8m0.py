@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from lowbit.formats.constants import SCALE_RULES
 from lowbit.formats.elements import ElementFormat
 from lowbit.formats.inputs import as_tensor, pow2
 
@@ -30,7 +31,6 @@ __all__ = [
     "E8M0_EMAX",
     "E8M0_EMIN",
     "E8M0_NAN",
-    "SCALE_RULES",
     "ceil_shared_exponent",
     "decode_e8m0",
     "encode_e8m0",
@@ -43,7 +43,6 @@ E8M0_BIAS = 127
 E8M0_EMIN = -127
 E8M0_EMAX = 127
 E8M0_NAN = 0xFF
-SCALE_RULES = ("ocp", "ceil")
 
 
 def floor_log2(a: torch.Tensor) -> torch.Tensor:

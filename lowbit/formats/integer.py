@@ -35,9 +35,10 @@ from typing import Any
 
 import torch
 
-from lowbit.formats.inputs import as_float64, as_tensor, check_name
+from lowbit.formats.inputs import as_float64, check_name
+from lowbit.formats.nibbles import pack_nibbles
 
-__all__ = ["GRANULARITIES", "IntQuantized", "pack_int4", "quantize_int", "unpack_int4"]
+__all__ = ["GRANULARITIES", "IntQuantized", "quantize_int"]
 
 GRANULARITIES = ("tensor", "channel", "group", "token")
 _SMALLEST_FLOAT32 = 2.0**-149
@@ -74,10 +75,13 @@ class IntQuantized:
         return (self.q.to(torch.float64) * self.expanded_scale().to(torch.float64)).to(dtype)
 
     def packed(self) -> torch.Tensor:
-        """INT4 codes two per byte along K (:func:`pack_int4`); ValueError for INT8."""
+        """INT4 codes two per byte along K (:func:`~lowbit.formats.nibbles.pack_nibbles`); ValueError for INT8.
+
+        ``unpack_nibbles(r.packed(), signed=True)`` gives ``r.q`` back.
+        """
         if self.bits != 4:
             raise ValueError(f"packed() is for 4-bit quantization, this one has bits={self.bits}")
-        return pack_int4(self.q)
+        return pack_nibbles(self.q)
 
 
 def _groups(x: torch.Tensor, granularity: str, group_size: int) -> torch.Tensor:
@@ -127,32 +131,3 @@ def quantize_int(x: Any, bits: int = 8, granularity: str = "tensor", group_size:
         granularity=granularity,
         group_size=group_size if granularity == "group" else None,
     )
-
-
-def pack_int4(q: Any) -> torch.Tensor:
-    """Pack int8 values in [-8, 7] two per byte along the last axis (two's-complement nibbles, even index low).
-
-    >>> pack_int4(torch.tensor([1, -1], dtype=torch.int8)).tolist()
-    [241]
-    """
-    t = as_tensor(q, "q")
-    if t.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64):
-        raise TypeError(f"q must be a signed integer tensor (int8), got {t.dtype}")
-    if t.dim() == 0 or t.shape[-1] % 2:
-        raise ValueError(f"q needs an even-length last axis to pack two per byte, got shape {tuple(t.shape)}")
-    if t.numel() and (int(t.min()) < -8 or int(t.max()) > 7):
-        raise ValueError("q values must lie in [-8, 7] for INT4")
-    n = t.to(torch.int64) & 0xF
-    return (n[..., 0::2] | n[..., 1::2] << 4).to(torch.uint8)
-
-
-def unpack_int4(packed: Any) -> torch.Tensor:
-    """Inverse of :func:`pack_int4`: uint8 ``[..., n]`` -> int8 ``[..., 2n]`` (sign-extended nibbles)."""
-    t = as_tensor(packed, "packed")
-    if t.dtype != torch.uint8:
-        raise TypeError(f"packed must be a uint8 tensor, got {t.dtype}")
-    if t.dim() == 0:
-        raise ValueError("packed must have at least one dimension")
-    nib = torch.stack((t & 0xF, t >> 4), dim=-1).to(torch.int16)
-    nib = torch.where(nib >= 8, nib - 16, nib)
-    return nib.reshape(*t.shape[:-1], 2 * t.shape[-1]).to(torch.int8)

@@ -7,7 +7,7 @@ block decodes to ``X · P_i`` (OCP MX v1.0 §6; ``../shared/papers/msd.md`` §4)
 1. ``amax`` of each block (:func:`_block_amax`);
 2. the shared exponent by the scale rule, ``"ocp"`` or ``"ceil"`` (:mod:`lowbit.formats.e8m0`);
 3. elements ``x / X`` rounded to nearest-even and saturated to ``±max_normal`` (:func:`_quantize_elements`);
-4. codes packed two per byte for e2m1 (:func:`pack_nibbles`).
+4. codes packed two per byte for e2m1 (:func:`lowbit.formats.nibbles.pack_nibbles`).
 
 Special blocks (a documented choice; the spec leaves conversion of non-finite inputs to the implementation):
 
@@ -31,11 +31,13 @@ from typing import Any
 
 import torch
 
-from lowbit.formats.e8m0 import SCALE_RULES, decode_e8m0, encode_e8m0, shared_exponent
+from lowbit.formats.constants import SCALE_RULES
+from lowbit.formats.e8m0 import decode_e8m0, encode_e8m0, shared_exponent
 from lowbit.formats.elements import ElementFormat, decode_element, element_format, encode_checked
 from lowbit.formats.inputs import as_working_float, check_name, pow2, split_blocks
+from lowbit.formats.nibbles import pack_nibbles, unpack_nibbles
 
-__all__ = ["MX_FORMATS", "MXTensor", "pack_nibbles", "quantize_mx", "unpack_nibbles"]
+__all__ = ["MX_FORMATS", "MXTensor", "quantize_mx"]
 
 # The OCP names of the MX formats and their element type.
 MX_FORMATS: dict[str, str] = {
@@ -45,26 +47,6 @@ MX_FORMATS: dict[str, str] = {
     "mxfp6_e3m2": "e3m2",
     "mxfp4_e2m1": "e2m1",
 }
-
-
-# ------------------------------------------------------------------------------------------- nibble packing
-
-
-def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
-    """Two 4-bit codes per byte along the last axis: element ``2i`` in the low nibble, ``2i+1`` in the high one.
-
-    The order matches ``torch.float4_e2m1fn_x2`` and the OCP/NVIDIA FP4 storage convention.
-    """
-    if codes.shape[-1] % 2:
-        raise ValueError(f"the packed axis must have even length, got {codes.shape[-1]}")
-    c = codes.to(torch.uint8)
-    return c[..., 0::2] & 0xF | (c[..., 1::2] & 0xF) << 4
-
-
-def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`pack_nibbles`: uint8 ``[..., n]`` -> uint8 codes ``[..., 2n]``."""
-    low, high = packed & 0xF, packed >> 4
-    return torch.stack((low, high), dim=-1).reshape(*packed.shape[:-1], 2 * packed.shape[-1])
 
 
 # ----------------------------------------------------------------------------------------------- MXTensor

@@ -27,7 +27,7 @@ import torch
 
 from lowbit.formats.elements import ELEMENT_FORMATS, decode_element, encode_checked
 from lowbit.formats.inputs import as_float64, split_blocks
-from lowbit.formats.mx import pack_nibbles, unpack_nibbles
+from lowbit.formats.nibbles import pack_nibbles, unpack_nibbles
 
 __all__ = ["NVFP4_BLOCK", "NVFP4Tensor", "quantize_nvfp4"]
 

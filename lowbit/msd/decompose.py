@@ -43,9 +43,9 @@ __all__ = ["FORMATS", "Decomposition", "decompose"]
 
 FORMATS = ("int8", "mxfp4", "mxfp8")
 _INT8_QMAX = 127
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FLOAT_DTYPES = formats.FLOAT_DTYPES
 _MX_ELEMENTS = {"mxfp4": ("e2m1",), "mxfp8": ("e4m3", "e5m2")}
-_SCALE_RULES = ("ceil", "ocp")
+_SCALE_RULES = formats.SCALE_RULES
 
 
 @dataclass(frozen=True, eq=False)

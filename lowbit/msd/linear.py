@@ -190,7 +190,7 @@ class MSDLinear(nn.Module):
             w = self.qweight.to(torch.float32).view(n, g, k // g).mul_(self.weight_scale.unsqueeze(-1)).view(n, k)
         else:
             values = formats.decode_element(formats.unpack_nibbles(self.weight_codes), "e2m1")
-            scales = formats.decode_e8m0(self.weight_scale_exponents)
+            scales = formats.e8m0.decode_e8m0(self.weight_scale_exponents)
             w = (values.view(n, scales.shape[1], MX_BLOCK) * scales.unsqueeze(-1)).view(n, -1)[:, :k]
         return w if dtype == torch.float32 else w.to(dtype)
 

@@ -34,7 +34,7 @@ from lowbit.msd.weights import WeightView, weight_view
 __all__ = ["METHODS", "dequant_matmul", "matmul", "matmul_error_bound", "matmul_reference"]
 
 METHODS = ("msd", "dequant")
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FLOAT_DTYPES = formats.FLOAT_DTYPES
 _U32 = 2.0**-24
 _U64 = 2.0**-53
 

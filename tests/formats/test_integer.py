@@ -4,7 +4,7 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from lowbit.formats import IntQuantized, pack_int4, quantize_int, unpack_int4
+from lowbit.formats import IntQuantized, pack_nibbles, quantize_int, unpack_nibbles
 
 
 def ref_int(x: np.ndarray, bits: int, granularity: str, group_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -62,13 +62,13 @@ def test_zero_and_underflowing_groups():
 
 def test_int4_packing():
     pairs = torch.cartesian_prod(torch.arange(-8, 8), torch.arange(-8, 8)).to(torch.int8)  # every pair
-    packed = pack_int4(pairs)
+    packed = pack_nibbles(pairs)
     assert packed.dtype == torch.uint8 and packed.shape == (256, 1)
-    assert torch.equal(unpack_int4(packed), pairs)
+    assert torch.equal(unpack_nibbles(packed, signed=True), pairs)
     lo, hi = pairs[:, 0].numpy().astype(np.int64) & 0xF, pairs[:, 1].numpy().astype(np.int64) & 0xF
     np.testing.assert_array_equal(packed[:, 0].numpy(), (lo | hi << 4).astype(np.uint8))
     r = quantize_int(torch.randn(4, 64), bits=4, granularity="group", group_size=32)
-    assert torch.equal(unpack_int4(r.packed()), r.q) and r.packed().shape == (4, 32)
+    assert torch.equal(unpack_nibbles(r.packed(), signed=True), r.q) and r.packed().shape == (4, 32)
 
 
 @settings(max_examples=100, deadline=None)
@@ -100,10 +100,10 @@ def test_bad_inputs():
     with pytest.raises(TypeError, match="floating-point"):
         quantize_int(torch.ones(4, dtype=torch.int8))
     with pytest.raises(ValueError, match=r"\[-8, 7\]"):
-        pack_int4(torch.tensor([9, 0], dtype=torch.int8))
+        pack_nibbles(torch.tensor([9, 0], dtype=torch.int8))
     with pytest.raises(ValueError, match="even-length"):
-        pack_int4(torch.tensor([1, 0, 1], dtype=torch.int8))
+        pack_nibbles(torch.tensor([1, 0, 1], dtype=torch.int8))
     with pytest.raises(TypeError, match="packed"):
-        unpack_int4(torch.tensor([1], dtype=torch.int8))
+        unpack_nibbles(torch.tensor([1], dtype=torch.int8), signed=True)
     with pytest.raises(ValueError, match="packed"):
         quantize_int(torch.ones(2, 2)).packed()

@@ -5,7 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowbit.formats import ELEMENT_FORMATS, decode_e8m0, encode_e8m0, pack_nibbles, quantize_mx, unpack_nibbles
+from lowbit.formats import ELEMENT_FORMATS, pack_nibbles, quantize_mx, unpack_nibbles
+from lowbit.formats.e8m0 import decode_e8m0, encode_e8m0
 from tests.formats.reference import max_normal, ref_mx, ref_values
 
 ELEMS = list(ELEMENT_FORMATS)
