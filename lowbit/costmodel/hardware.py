@@ -195,5 +195,5 @@ def get_hardware(name_or_path: str) -> Hardware:
         return load_hardware(name_or_path)
     raise ValueError(
         f"unknown hardware {name_or_path!r}; presets: {sorted(PRESETS)} (or a .toml file; 'cpu' is "
-        "calibrated by `lowbit cost --hardware cpu`)"
+        "calibrated by `lowbit cost-check --hardware cpu`)"
     )

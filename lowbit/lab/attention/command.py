@@ -16,23 +16,53 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "attention",
         help="error tables: quantized-KV attention (dequant vs MSD) and AMLA rescaling vs float64",
         description="Relative L2 errors against float64 attention. KV table: INT8/MXFP4 caches, dequant vs MSD "
-        "(msd.md §9). AMLA table: DeepSeek-V3 MLA decode, integer-add rescale vs FA-2 multiply (amla.md §6).",
+        "(docs/methods/msd.md §9). AMLA table: DeepSeek-V3 MLA decode, integer-add rescale vs FA-2 multiply "
+        "(docs/methods/amla.md §6). A study of lowbit.attention, not a user tool.",
     )
-    p.add_argument("--table", choices=("kv", "amla", "all"), default="all", help="which table (default all)")
-    p.add_argument("--seqs", type=int_list, default=[1024, 4096], help="KV table sequence lengths")
-    p.add_argument("--dims", type=int_list, default=[64, 128], help="KV table head dims")
-    p.add_argument("--gaussian", action="store_true", help="KV table: also keys without outlier channels")
-    p.add_argument("--amla-seqs", type=int_list, default=[4096], help="AMLA table sequence lengths")
-    p.add_argument("--block-k", type=int, default=512, help="key block size")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    p.add_argument(
+        "--table",
+        choices=("kv", "amla", "all"),
+        default="all",
+        help="which table: kv (quantized KV cache), amla (AMLA rescaling) or all (default all)",
+    )
+    p.add_argument(
+        "--seqs",
+        type=int_list,
+        default=[1024, 4096],
+        metavar="LEN,...",
+        help="KV table: key sequence lengths, comma-separated (default 1024,4096)",
+    )
+    p.add_argument(
+        "--dims",
+        type=int_list,
+        default=[64, 128],
+        metavar="D,...",
+        help="KV table: head dims, comma-separated (default 64,128; MXFP4 needs multiples of 32)",
+    )
+    p.add_argument(
+        "--gaussian",
+        action="store_true",
+        help="KV table: also rows with Gaussian keys (no outlier channels) next to the outlier-channel keys",
+    )
+    p.add_argument(
+        "--amla-seqs",
+        type=int_list,
+        default=[4096],
+        metavar="LEN,...",
+        help="AMLA table: key sequence lengths of the MLA decode, comma-separated (default 4096)",
+    )
+    p.add_argument(
+        "--block-k", type=int, default=512, help="keys per FlashAttention block (online-softmax step; default 512)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the rows as JSON here")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Compute and print the requested tables."""
-    from lowbit.attention.amla_errors import AmlaErrorRow, amla_error_table
-    from lowbit.attention.kv_errors import KVErrorRow, kv_error_table
+    from lowbit.lab.attention.amla_errors import AmlaErrorRow, amla_error_table
+    from lowbit.lab.attention.kv_errors import KVErrorRow, kv_error_table
 
     out: dict[str, object] = {}
     if args.table in ("kv", "all"):

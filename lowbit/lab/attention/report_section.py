@@ -6,8 +6,8 @@ import torch
 from matplotlib.figure import Figure
 
 from lowbit.attention.amla import mul_pow2_via_int_add
-from lowbit.attention.amla_errors import AmlaErrorRow, amla_error_table
-from lowbit.attention.kv_errors import KVErrorRow, kv_error_table
+from lowbit.lab.attention.amla_errors import AmlaErrorRow, amla_error_table
+from lowbit.lab.attention.kv_errors import KVErrorRow, kv_error_table
 from lowbit.lab.report.section import Section, SectionContext, SectionOutput
 from lowbit.lab.report.stored import provenance
 

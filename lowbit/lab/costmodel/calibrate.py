@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from lowbit._timing import measure
 from lowbit.costmodel.hardware import Hardware
 
 GEMM_PATHS = ("fp32", "bf16", "int8_mm", "int8_prepacked")
@@ -39,20 +40,9 @@ def _best_time(fn: Callable[[], Any], repeats: int, min_seconds: float) -> float
 
     The minimum, not the median: on a shared machine other processes only ever add time (and oversubscribed
     OpenMP threads add milliseconds to small GEMMs), so the fastest sample is the best estimate of what the
-    hardware does.
+    hardware does. One untimed warm-up call (:func:`lowbit._timing.measure`).
     """
-    fn()
-    samples = []
-    for _ in range(repeats):
-        n, start = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_seconds:
-                break
-        samples.append(elapsed / n)
-    return min(samples)
+    return measure(fn, repeats=repeats, warmup=1, min_seconds=min_seconds).best
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ lowbit, see :mod:`lowbit.lab.report.stored`) with rows
 ``{"M", "K", "N", "times_s": {"dequant_bf16", "msd", ...}, "kernel"}``. Those timings were measured on the machine
 the file records (``machine.cpu``): a prediction from this CPU's live calibration is comparable with them only on
 the same machine, and callers say so (:func:`lowbit.lab.report.stored.machine_caveat`). The prediction uses a
-:class:`~lowbit.costmodel.calibrate.CpuCalibration` and the same op sequence as
+:class:`~lowbit.lab.costmodel.calibrate.CpuCalibration` and the same op sequence as
 :mod:`lowbit.costmodel.linear` for a decoupled device (a CPU materialises the dequantized weight) [inferred]:
 
     t_dequant = K·N / dequant_rate + t_gemm(bf16, M, K, N)
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lowbit.costmodel.calibrate import CpuCalibration
+from lowbit.lab.costmodel.calibrate import CpuCalibration
 
 NOT_MEASURED = "not measured yet"
 

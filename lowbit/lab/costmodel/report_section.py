@@ -6,8 +6,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from lowbit.costmodel.calibrate import CpuCalibration, calibrate_cpu, calibration_from_dict
-from lowbit.costmodel.cpu_check import NOT_MEASURED, CpuComparison, compare_cpu, measured_rows
+from lowbit._atomic import atomic_write_text
+from lowbit.lab.costmodel.calibrate import CpuCalibration, calibrate_cpu, calibration_from_dict
+from lowbit.lab.costmodel.cpu_check import NOT_MEASURED, CpuComparison, compare_cpu, measured_rows
 from lowbit.costmodel.hardware import PRESETS
 from lowbit.costmodel.models import MODELS
 from lowbit.costmodel.plots import latency_figure
@@ -31,9 +32,7 @@ def cached_calibration(ctx: SectionContext) -> CpuCalibration:
     """Calibrate this CPU once per report and keep the result in the report's output folder."""
     path = ctx.out_dir / "costmodel_cpu_calibration.json"
     cal = calibrate_cpu(quick=ctx.quick, seed=ctx.seed)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(cal.as_dict(), indent=2))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(cal.as_dict(), indent=2))
     return cal
 
 

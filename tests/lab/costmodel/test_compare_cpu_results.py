@@ -1,4 +1,4 @@
-"""``lowbit cost --compare-cpu`` and the costmodel section read the stored results folder and flag other machines."""
+"""``lowbit cost-check`` and the costmodel section read the stored results folder and flag other machines."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ from lowbit.lab.report.machine import cpu_model
 from lowbit.lab.report.section import SectionContext
 from lowbit.lab.report.stored import ResultsSource
 
-from .test_costmodel import fake_calibration
+from .test_calibration import fake_calibration
 
 ROW = {"M": 1, "K": 2048, "N": 2048, "times_s": {"dequant_bf16": 0.05, "msd": 0.001}, "kernel": "int_mm/stacked"}
 
 
 @pytest.fixture
 def fake_cal(monkeypatch):
-    import lowbit.costmodel.calibrate as calibrate
-    from lowbit.costmodel import report_section
+    import lowbit.lab.costmodel.calibrate as calibrate
+    from lowbit.lab.costmodel import report_section
 
     monkeypatch.setattr(calibrate, "calibrate_cpu", lambda **_: fake_calibration())
     monkeypatch.setattr(report_section, "calibrate_cpu", lambda **_: fake_calibration())
@@ -38,7 +38,7 @@ def test_compare_cpu_from_another_machine_says_not_comparable(tmp_path, capsys, 
     monkeypatch.chdir(tmp_path)  # the current folder plays no part
     folder = _write(tmp_path / "res", "Some Other CPU")
     js = tmp_path / "out.json"
-    assert main(["cost", "--hardware", "h200", "--ms", "1", "--seqs", "4096", "--compare-cpu", "--results",
+    assert main(["cost-check", "--hardware", "h200", "--ms", "1", "--seqs", "4096", "--results",
                  str(folder), "--json", str(js)]) == 0  # fmt: skip
     text = capsys.readouterr().out
     assert "NOT COMPARABLE" in text and "another machine (CPU Some Other CPU), not comparable" in text
@@ -49,7 +49,7 @@ def test_compare_cpu_from_another_machine_says_not_comparable(tmp_path, capsys, 
 def test_compare_cpu_same_cpu_model_and_explicit_file(tmp_path, capsys, fake_cal):
     folder = _write(tmp_path / "res", cpu_model())
     js = tmp_path / "out.json"
-    assert main(["cost", "--hardware", "h200", "--ms", "1", "--seqs", "4096", "--compare-cpu", "--msd-linear",
+    assert main(["cost-check", "--hardware", "h200", "--ms", "1", "--seqs", "4096", "--msd-linear",
                  str(folder / "msd_linear.json"), "--json", str(js)]) == 0  # fmt: skip
     assert "same CPU model" in capsys.readouterr().out
     assert json.loads(js.read_text())["cpu_check"]["comparable"] is True
@@ -58,7 +58,7 @@ def test_compare_cpu_same_cpu_model_and_explicit_file(tmp_path, capsys, fake_cal
 def test_compare_cpu_defaults_to_the_packaged_results(tmp_path, capsys, fake_cal, monkeypatch):
     monkeypatch.chdir(tmp_path)
     js = tmp_path / "out.json"
-    assert main(["cost", "--hardware", "h200", "--ms", "1", "--seqs", "4096", "--compare-cpu", "--json", str(js)]) == 0
+    assert main(["cost-check", "--hardware", "h200", "--ms", "1", "--seqs", "4096", "--json", str(js)]) == 0
     assert "packaged with lowbit" in capsys.readouterr().out
     assert json.loads(js.read_text())["cpu_check"]["rows"]
 
@@ -66,14 +66,23 @@ def test_compare_cpu_defaults_to_the_packaged_results(tmp_path, capsys, fake_cal
 def test_compare_cpu_missing_results(tmp_path, capsys, fake_cal):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["cost", "--hardware", "h200", "--ms", "1", "--seqs", "4096", "--compare-cpu", "--results",
+    assert main(["cost-check", "--hardware", "h200", "--ms", "1", "--seqs", "4096", "--results",
                  str(empty)]) == 0  # fmt: skip
     assert "not measured yet" in capsys.readouterr().out
-    assert main(["cost", "--compare-cpu", "--results", str(tmp_path / "nowhere")]) == 2
+    assert main(["cost-check", "--results", str(tmp_path / "nowhere")]) == 2
+
+
+def test_cost_check_tables_use_the_calibrated_cpu_by_default(tmp_path, capsys, fake_cal):
+    folder = _write(tmp_path / "res", cpu_model())
+    js = tmp_path / "out.json"
+    assert main(["cost-check", "--ms", "1", "--seqs", "4096", "--results", str(folder), "--json", str(js)]) == 0
+    data = json.loads(js.read_text())
+    assert [row[0] for row in data["hardware"]["rows"]] == [fake_calibration().to_hardware().name]
+    assert data["cpu_check"]["comparable"] is True and data["calibration"]["k"] == 2048
 
 
 def test_section_uses_the_stored_calibration_of_the_measuring_machine(tmp_path, fake_cal):
-    from lowbit.costmodel import report_section
+    from lowbit.lab.costmodel import report_section
 
     folder = _write(tmp_path / "res", "Stored CPU", calibration_cpu="Stored CPU")
     ctx = SectionContext(quick=True, seed=0, out_dir=tmp_path, results=ResultsSource(folder, False))
@@ -83,7 +92,7 @@ def test_section_uses_the_stored_calibration_of_the_measuring_machine(tmp_path, 
 
 
 def test_section_flags_live_calibration_against_another_machine(tmp_path, fake_cal):
-    from lowbit.costmodel import report_section
+    from lowbit.lab.costmodel import report_section
 
     # the stored calibration is of another CPU than the timings: it is not used, the live one is, with the caveat
     folder = _write(tmp_path / "res", "Stored CPU", calibration_cpu="Third CPU")
