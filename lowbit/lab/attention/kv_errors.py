@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from lowbit.lab.attention.amla_errors import rel_l2
 from lowbit.attention.kvcache import quantize_kv
 from lowbit.attention.quantized import quantized_attention
 from lowbit.attention.reference import attention_reference
+from lowbit.lab.attention.amla_errors import rel_l2
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from lowbit._atomic import atomic_write_text
-from lowbit.lab.costmodel.calibrate import CpuCalibration, calibrate_cpu, calibration_from_dict
-from lowbit.lab.costmodel.cpu_check import NOT_MEASURED, CpuComparison, compare_cpu, measured_rows
 from lowbit.costmodel.hardware import PRESETS
 from lowbit.costmodel.models import MODELS
 from lowbit.costmodel.plots import latency_figure
 from lowbit.costmodel.tables import attention_table, hardware_table, kv_bytes_table, linear_table
+from lowbit.lab.costmodel.calibrate import CpuCalibration, calibrate_cpu, calibration_from_dict
+from lowbit.lab.costmodel.cpu_check import NOT_MEASURED, CpuComparison, compare_cpu, measured_rows
 from lowbit.lab.report.machine import cpu_model
 from lowbit.lab.report.section import Section, SectionContext, SectionOutput
 from lowbit.lab.report.stored import machine_caveat, provenance, stored_cpu
