@@ -24,7 +24,7 @@ __all__ = ["register"]
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``quantize`` subcommand."""
-    from lowbit.msd.checkpoint import DEFAULT_EXCLUDE
+    from lowbit.msd.convert import DEFAULT_EXCLUDE
 
     p = subparsers.add_parser(
         "quantize",
@@ -81,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``lowbit quantize``; prints a summary with the peak memory."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from lowbit.msd.checkpoint import _source_files, quantize_checkpoint
     from lowbit.msd.config import MSDConfig
+    from lowbit.msd.convert import _source_files, quantize_checkpoint
 
     config = MSDConfig(weight=args.weight, passes=args.passes, method=args.method, group_size=args.group_size)
     files, _ = _source_files(args.model_dir)

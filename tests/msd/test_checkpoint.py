@@ -14,8 +14,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lowbit.cli import main
-from lowbit.msd.checkpoint import load_quantized, quantize_checkpoint, save_quantized
+from lowbit.msd.checkpoint import load_quantized, save_quantized
 from lowbit.msd.config import MSDConfig
+from lowbit.msd.convert import quantize_checkpoint
 from lowbit.msd.quantize_model import quantize_model, quantized_layers
 
 

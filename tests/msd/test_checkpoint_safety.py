@@ -21,9 +21,10 @@ import torch
 from safetensors.torch import save_file
 
 from lowbit.cli import main
-from lowbit.msd import checkpoint
-from lowbit.msd.checkpoint import load_quantized, quantize_checkpoint, save_quantized
+from lowbit.msd import checkpoint, safetensors_io
+from lowbit.msd.checkpoint import load_quantized, save_quantized
 from lowbit.msd.config import MSDConfig
+from lowbit.msd.convert import quantize_checkpoint
 from lowbit.msd.quantize_model import quantize_model
 from tests.msd.test_checkpoint import _tiny, _write_source
 
@@ -367,13 +368,13 @@ def test_previous_output_moved_aside_by_a_killed_overwrite_is_restored(tmp_path:
 
 _SLOW_RUN = """
 import sys, time
-from lowbit.msd import checkpoint
-real = checkpoint._quantize_rows
+from lowbit.msd import convert
+real = convert._quantize_rows
 def slow(w, config):
     print("quantizing", flush=True)
     time.sleep(120)
     return real(w, config)
-checkpoint._quantize_rows = slow
+convert._quantize_rows = slow
 from lowbit.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -460,7 +461,7 @@ def test_own_header_checks_agree_with_the_library(tmp_path: Path) -> None:
         header, data = _two_weights(offsets, size)
         _raw_safetensors(tmp_path / "f.safetensors", header, data)
         with pytest.raises(ValueError, match=r"overlaps|gap"):
-            checkpoint._parse_header(tmp_path / "f.safetensors")
+            safetensors_io.parse_header(tmp_path / "f.safetensors")
 
 
 @pytest.mark.parametrize("weight", ["int8", "mxfp4"])
