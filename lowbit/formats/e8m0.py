@@ -1,6 +1,6 @@
 """E8M0, the shared scale of OCP MX blocks, and the two rules that choose it.
 
-E8M0 (OCP MX v1.0 §5.4, ``../shared/papers/msd.md`` §4) is an exponent only: code ``c`` in 0..254 means
+E8M0 (OCP MX v1.0 §5.4, ``docs/methods/msd.md`` §4) is an exponent only: code ``c`` in 0..254 means
 ``X = 2^(c - 127)`` (range ``2^-127 .. 2^127``) and ``c = 0xFF`` is NaN. There is no zero, sign or Inf.
 
 The scale rules, for a block whose largest magnitude is ``amax`` and an element format with ``emax`` and
@@ -8,8 +8,11 @@ The scale rules, for a block whose largest magnitude is ``amax`` and an element 
 
 * ``"ocp"`` (the spec, §6.3): ``shared_exp = floor(log2(amax)) - emax``. Then ``amax / X`` lies in
   ``[2^emax, 2^(emax+1))`` and may exceed ``max_normal``; those elements saturate.
-* ``"ceil"`` (non-saturating, msd.md §4-§5): ``shared_exp = ceil(log2(amax / max_normal))``, the smallest
-  power of two with ``amax / X <= max_normal``, so no element is clipped (unless the clamp at 127 bites).
+* ``"ceil"`` (non-saturating, ``docs/methods/msd.md`` §4-§5): ``shared_exp = ceil(log2(amax / max_normal))``, the
+  smallest power of two with ``amax / X <= max_normal``, so no element is clipped (unless the clamp at 127 bites).
+
+The rule names are :data:`lowbit.formats.SCALE_RULES`. ``docs/methods/msd.md`` is our note on "Multi-Scale Dequant:
+Eliminating Dequantization Bottleneck via Activation Decomposition for Efficient LLM Inference" (arXiv:2605.13915).
 
 An all-zero block gets ``shared_exp = -127`` (code 0) under both rules, as ``log2(0) = -inf`` clamps there
 (microxcaling does the same). Both exponents are computed exactly with ``frexp`` and power-of-two products, never

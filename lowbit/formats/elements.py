@@ -15,7 +15,8 @@ e5m2       8    15  57344        2^-16        S.11111.00 = Inf, S.11111.{01,10,1
 ======  ====  ====  ===========  ===========  ==========================================
 
 Sources: OCP Microscaling Formats (MX) v1.0 §5.3 (element types), OCP 8-bit Floating Point (OFP8) v1.0,
-summarised in ``../shared/papers/msd.md`` §4; microsoft/microxcaling ``mx/formats.py``.
+summarised in ``docs/methods/msd.md`` §4 (our note on the Multi-Scale Dequant paper, arXiv:2605.13915);
+microsoft/microxcaling ``mx/formats.py``.
 
 Rounding (:func:`round_to_element`): round to nearest, ties to even (IEEE 754 roundTiesToEven), with an
 unbounded exponent above ``emax``; a result above ``max_normal`` is an overflow. What overflow, Inf and NaN give

@@ -6,7 +6,8 @@ For each scale group with largest magnitude ``amax`` and ``qmax = 2^(bits-1) - 1
     q     = clip(round_half_even(x / scale), -qmax, qmax)   # x / scale computed exactly-rounded in float64
     x̂     = float32(q · scale)
 
-(``../shared/papers/msd.md`` §3: symmetric, -128 / -8 unused, round half to even.) Layout of weights is
+(``docs/methods/msd.md`` §3, on the Multi-Scale Dequant paper, arXiv:2605.13915: symmetric, -128 / -8 unused,
+round half to even.) Layout of weights is
 ``[N, K]`` (``nn.Linear``), activations ``[M, K]``; K is the last axis:
 
 ==============  ===============================  ===================================================

@@ -2,7 +2,8 @@
 
 A block of ``block`` consecutive elements along ``axis`` (32 in the spec; any even size here, e.g. 16 for reuse)
 shares one E8M0 scale ``X = 2^shared_exp``; each element stores ``P_i = round_to_element(x_i / X)``, and the
-block decodes to ``X · P_i`` (OCP MX v1.0 §6; ``../shared/papers/msd.md`` §4). Steps, each one function below:
+block decodes to ``X · P_i`` (OCP MX v1.0 §6; ``docs/methods/msd.md`` §4, on the Multi-Scale Dequant paper,
+arXiv:2605.13915). Steps, each one function below:
 
 1. ``amax`` of each block (:func:`_block_amax`);
 2. the shared exponent by the scale rule, ``"ocp"`` or ``"ceil"`` (:mod:`lowbit.formats.e8m0`);
@@ -146,7 +147,8 @@ def quantize_mx(
     """Quantize ``x`` to an MX format with element ``elem`` in blocks of ``block`` along ``axis``.
 
     ``scale_rule="ocp"`` is the OCP spec (``X = 2^(floor(log2 amax) - emax_elem)``, elements saturate);
-    ``"ceil"`` is the non-saturating ``X = 2^ceil(log2(amax / max_normal))`` that MSD needs (msd.md §5).
+    ``"ceil"`` is the non-saturating ``X = 2^ceil(log2(amax / max_normal))`` that MSD needs
+    (``docs/methods/msd.md`` §5).
     See the module docstring for NaN/Inf, all-zero blocks and clamping.
 
     >>> mx = quantize_mx(torch.tensor([1.0, 7.0, -0.3, 0.0]), "e2m1", block=4)

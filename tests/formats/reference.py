@@ -37,7 +37,7 @@ def all_codes(elem: str) -> np.ndarray:
 
 
 def ref_mx(x: np.ndarray, elem: str, block: int, rule: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """OCP MX along the last axis, as in msd.md §7: (element codes, E8M0 codes, dequantized float64).
+    """OCP MX along the last axis, as in ``docs/methods/msd.md`` §7: (element codes, E8M0 codes, dequantized float64).
 
     Only for finite float32 input (log2 of a float32 amax is exact where it matters here).
     """

@@ -1,5 +1,11 @@
 """Report section "formats": the format table, a live bit-exactness check against ml_dtypes, the representable
-values of each element format, and round-trip errors on Gaussian data (the MSD method note, msd.md §4-§7)."""
+values of each element format, and round-trip errors on Gaussian data (``docs/methods/msd.md`` §4-§7, on
+"Multi-Scale Dequant: Eliminating Dequantization Bottleneck via Activation Decomposition for Efficient LLM
+Inference", arXiv:2605.13915).
+
+>>> {name: v["mismatches"] for name, v in exactness_check(seed=0, n_random=100).items()}
+{'e2m1': 0, 'e2m3': 0, 'e3m2': 0, 'e4m3': 0, 'e5m2': 0}
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from lowbit.formats.catalog import FORMAT_HEADER, RoundTrip, format_table, roundtrip_errors
-from lowbit.formats.elements import ELEMENT_FORMATS, element_values, encode_element
+from lowbit.formats import ELEMENT_FORMATS, element_values, encode_element
+from lowbit.formats.catalog import FORMAT_HEADER, format_table
+from lowbit.lab.formats.roundtrip import RoundTrip, roundtrip_errors
 from lowbit.lab.report.section import Section, SectionContext, SectionOutput
 
 _ML_DTYPES = {
@@ -22,7 +29,7 @@ _ML_DTYPES = {
     "e5m2": ml_dtypes.float8_e5m2,
 }
 
-# msd.md §7 [measured], Gaussian data, blocks of 32: -log2(relative RMS).
+# docs/methods/msd.md §7 [measured], Gaussian data, blocks of 32: -log2(relative RMS).
 _MSD_NOTE_BITS = {"mxfp8_e4m3 (ceil)": 5.23, "mxfp8_e4m3 (ocp)": 5.09, "mxfp4_e2m1 (ceil)": 3.12}
 
 
@@ -106,7 +113,7 @@ def run(ctx: SectionContext) -> SectionOutput:
     x = torch.randn(rows_n, 4096, generator=g).to(torch.bfloat16).to(torch.float32)
     rows = roundtrip_errors(x)
     out.table(
-        ["scheme", "bits/elem", "rel. RMS", "-log2 rel. RMS", "max |e| / group amax", "msd.md §7 [measured]"],
+        ["scheme", "bits/elem", "rel. RMS", "-log2 rel. RMS", "max |e| / group amax", "methods/msd.md §7 [measured]"],
         [
             [r.scheme, r.bits_per_element, r.rel_rms, r.bits, r.worst_rel_amax, _MSD_NOTE_BITS.get(r.scheme, "")]
             for r in rows
@@ -115,10 +122,10 @@ def run(ctx: SectionContext) -> SectionOutput:
     )
     out.figure(_error_figure(rows), "Round-trip error in bits, by scheme")
     out.text(
-        "Reading: MXFP8 E4M3 with the ceil rule gives about 5.23 bits (msd.md §6 analytic 5.236); the OCP rule "
-        "saturates block maxima and loses about 0.14 bits on E4M3. E2M3 has no such loss because its max normal "
-        "7.5 is close to 2^(emax+1) = 8. FP8 without a scale matches MXFP8 here only because N(0,1) sits inside "
-        "the E4M3 normal range."
+        "Reading: MXFP8 E4M3 with the ceil rule gives about 5.23 bits (docs/methods/msd.md §6: analytic 5.236); "
+        "the OCP rule saturates block maxima and loses about 0.14 bits on E4M3. E2M3 has no such loss because its "
+        "max normal 7.5 is close to 2^(emax+1) = 8. FP8 without a scale matches MXFP8 here only because N(0,1) "
+        "sits inside the E4M3 normal range."
     )
     out.summary = {
         "data": f"{rows_n}x4096 bf16-rounded gaussian, seed {ctx.seed}",
