@@ -23,9 +23,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         prog="lowbit",
         description="Low-precision LLM work, fast and checked: LoPT tokenization, MSD quantized GEMMs, "
         "AMLA attention rescaling, AIS RL correction.",
+        epilog="Run `lowbit COMMAND --help` for the options of one command.",
     )
     parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     first = next((a for a in (argv or []) if not a.startswith("-")), None)
     known = command_names()
     if first in known:

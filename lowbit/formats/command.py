@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lowbit._atomic import atomic_write_text
+from lowbit.cli_tables import print_rich_table
 from lowbit.formats.catalog import FORMAT_HEADER, code_listing, format_table
 from lowbit.formats.elements import ELEMENT_FORMATS
 
@@ -20,23 +21,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="INT8/INT4, FP8 E4M3FN/E5M2, OCP MX v1.0 (MXFP8/6/4, E8M0 scale per block) and NVFP4. "
         "With --values ELEM, list every code of that element format with its bits and value.",
     )
-    p.add_argument("--values", choices=sorted(ELEMENT_FORMATS), default=None, help="list every code of ELEM")
-    p.add_argument("--block", type=int, default=32, help="MX block size for the bits/element column (default 32)")
-    p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    p.add_argument(
+        "--values",
+        choices=sorted(ELEMENT_FORMATS),
+        default=None,
+        metavar="ELEM",
+        help="instead of the table, list every code of element format ELEM (one of "
+        + ", ".join(sorted(ELEMENT_FORMATS))
+        + ") with its sign.exponent.mantissa bits and its value (NaN/Inf where the format has them); "
+        "default: print the formats table",
+    )
+    p.add_argument(
+        "--block",
+        type=int,
+        default=32,
+        metavar="N",
+        help="MX block size used for the bits/element column of the MX rows, bits + 8/N "
+        "(positive integer; default 32, the OCP MX block)",
+    )
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write what is printed as JSON to PATH (a list of table rows, or of {code, bits, value} with "
+        "--values); written atomically; default: print only",
+    )
     p.set_defaults(func=run)
 
 
 def _print(title: str, header: list[str], rows: list[list[object]]) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title=escape(title), title_justify="left")
-    for h in header:
-        table.add_column(escape(h), justify="right")
-    for r in rows:
-        table.add_row(*(escape(f"{c:.6g}" if isinstance(c, float) else str(c)) for c in r))
-    Console(width=200).print(table)
+    print_rich_table(title, header, rows, digits=6)
 
 
 def _write_json(path: Path, payload: object) -> None:

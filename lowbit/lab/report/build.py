@@ -1,6 +1,8 @@
 """Run the report sections and write a self-contained ``index.html`` and ``summary.json``.
 
-The output folder is first written under a temporary name beside ``out`` and then renamed into place,
+The page opens with the verdict table (one row per paper claim, :mod:`lowbit.lab.report.verdicts`), then the
+contents (every section and the machine), then the sections. ``summary.json`` holds the same verdict rows under
+``"verdicts"``. The output folder is first written under a temporary name beside ``out`` and then renamed into place,
 so a crash never leaves a half-written report that looks whole. A section that raises is shown as
 failed in the page and in ``summary.json``, and :func:`build_report` reports failure to its caller.
 """
@@ -19,14 +21,16 @@ from typing import Any
 from lowbit._atomic import temporary_dir
 from lowbit._discovery import capability_modules
 from lowbit.lab.report.machine import machine_info
-from lowbit.lab.report.section import Section, SectionContext, SectionOutput, html_table
+from lowbit.lab.report.section import Link, Section, SectionContext, SectionOutput, html_table
 from lowbit.lab.report.stored import ResultsSource, results_source
+from lowbit.lab.report.verdicts import VerdictRow, verdict_rows
 
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1300px;margin:2em auto;padding:0 1em;color:#222}
 h1{border-bottom:2px solid #444}h2{border-bottom:1px solid #aaa;margin-top:2em}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em;display:block;overflow-x:auto;max-width:100%}
-td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eee}
+td,th{border:1px solid #bbb;padding:3px 8px;text-align:left;vertical-align:top}th{background:#eee}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 caption{caption-side:top;font-weight:bold;text-align:left;padding:4px 0}
 figure{margin:1em 0}img{max-width:100%}figcaption{font-size:0.9em;color:#555}
 .failed{background:#fdd;border:1px solid #c00;padding:0.5em;white-space:pre-wrap;font-family:monospace}
@@ -87,12 +91,29 @@ def _run_sections(
     return results
 
 
-def _render(results: list[SectionResult], machine: dict[str, Any], config: ReportConfig, source: ResultsSource) -> str:
+MACHINE_ANCHOR = "machine"
+VERDICT_HEADER = ("paper", "claim", "paper's figure", "lowbit measured", "verdict", "why", "section")
+
+
+def verdict_cells(row: VerdictRow) -> list[Any]:
+    """One verdict row as table cells (in :data:`VERDICT_HEADER` order); the section links to its anchor."""
+    section = Link(row.section, f"#{row.section}") if row.linked else f"{row.section} (not in this report)"
+    return [row.paper, row.claim, row.paper_figure, row.measured, row.verdict, row.why, section]
+
+
+def _render(
+    results: list[SectionResult],
+    machine: dict[str, Any],
+    config: ReportConfig,
+    source: ResultsSource,
+    verdicts: list[VerdictRow],
+) -> str:
     nav = "".join(
         f'<li><a href="#{r.section.name}">{html.escape(r.section.title)}</a>'
         f"{' (FAILED)' if r.error else ''} ({r.seconds:.1f} s)</li>"
         for r in results
     )
+    nav += f'<li><a href="#{MACHINE_ANCHOR}">Machine and versions</a></li>'
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>lowbit report</title>",
         f"<style>{_CSS}</style></head><body>",
@@ -111,7 +132,7 @@ def _render(results: list[SectionResult], machine: dict[str, Any], config: Repor
             assert r.output is not None
             parts.extend(r.output.blocks)
     rows = [(k, v if not isinstance(v, (list, dict)) else json.dumps(v)) for k, v in machine.items()]
-    parts.append("<h2 id='machine'>Machine and versions</h2>" + html_table(["item", "value"], rows))
+    parts.append(f"<h2 id='{MACHINE_ANCHOR}'>Machine and versions</h2>" + html_table(["item", "value"], rows))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -132,24 +153,28 @@ def build_report(config: ReportConfig) -> tuple[Path, bool]:
     try:
         machine = machine_info()
         results = _run_sections(sections, config, tmp, source)
+        sections = {
+            r.section.name: {
+                "title": r.section.title,
+                "status": "failed" if r.error else "ok",
+                "seconds": round(r.seconds, 3),
+                "error": r.error,
+                "summary": r.output.summary if r.output else None,
+            }
+            for r in results
+        }
+        # the verdicts read the summaries as summary.json stores them (JSON types), so a rerun from the file agrees
+        verdicts = verdict_rows(json.loads(json.dumps(sections, default=str)))
         summary = {
             "quick": config.quick,
             "seed": config.seed,
             "results": {"path": str(source.path), "packaged": source.packaged},
             "machine": machine,
-            "sections": {
-                r.section.name: {
-                    "title": r.section.title,
-                    "status": "failed" if r.error else "ok",
-                    "seconds": round(r.seconds, 3),
-                    "error": r.error,
-                    "summary": r.output.summary if r.output else None,
-                }
-                for r in results
-            },
+            "verdicts": [v.as_dict() for v in verdicts],
+            "sections": sections,
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        (tmp / "index.html").write_text(_render(results, machine, config, source), encoding="utf-8")
+        (tmp / "index.html").write_text(_render(results, machine, config, source, verdicts), encoding="utf-8")
         if out.exists():
             old = out.with_name(f".{out.name}.old-{time.time_ns()}")
             out.rename(old)
