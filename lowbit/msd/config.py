@@ -13,13 +13,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from lowbit.formats.constants import SCALE_RULES
+
 __all__ = ["INT8_KERNELS", "METHODS", "STACKING", "WEIGHTS", "MSDConfig"]
 
 WEIGHTS = ("int8", "mxfp4")
 METHODS = ("msd", "dequant")
 INT8_KERNELS = ("auto", "fbgemm", "onednn", "int_mm")
 STACKING = ("auto", "stacked", "split")
-_SCALE_RULES = ("ceil", "ocp")
+_SCALE_RULES = SCALE_RULES
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,25 @@ weight bands are stacked along N and prepacked once (their scales folded into th
 the activation bands (of all passes) are stacked along M, so one INT8 GEMM computes everything. The cost grows
 with ``B_a·B_w`` (data dependent: one band covers a 16× spread of block maxima in a row, typical weights need
 1-2 bands). Memory: the checkpoint stores 4.25 bits/weight; the prepacked compute copy holds ``B_w`` bytes/weight.
+
+:func:`pack_mxfp4_weight` prepacks the weight bands once; :func:`msd_mxfp4_linear` is the forward of an MXFP4
+:class:`lowbit.msd.MSDLinear` (activation decomposed into MXFP4 components, banded, one INT8 GEMM).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import torch
+from torch import nn
 
-__all__ = ["MX_MAX_K", "mx_bands"]
+from lowbit.msd.isa import FULL_QMAX, Int8Profile
+from lowbit.msd.kernels import Int8Packed, encode_activations, gemm_with_profile, pack_int8_weight
 
+__all__ = ["MX_BLOCK", "MX_MAX_K", "msd_mxfp4_linear", "mx_bands", "pack_mxfp4_weight"]
+
+MX_BLOCK = 32
 MX_MAX_K = (2**31 - 1) // (96 * 96)
 _BAND_LEVELS = 4  # 12 · 2^3 = 96 <= 127
 
@@ -75,3 +86,84 @@ def mx_bands(
         ints[i] = torch.where(keep, scaled, 0).reshape(r, k)
         band_scale[i] = torch.pow(2.0, (top[:, 0] - levels * j - levels).to(torch.float64))
     return ints, band_scale
+
+
+def pad_k(t: torch.Tensor, block: int = MX_BLOCK) -> torch.Tensor:
+    """Zero-pad the last axis to a multiple of ``block``."""
+    pad = -t.shape[-1] % block
+    return nn.functional.pad(t, (0, pad)) if pad else t
+
+
+def pack_mxfp4_weight(mx: Any, kernels: Iterable[str]) -> dict[str, tuple[Int8Packed, int]]:
+    """Prepack an MXFP4 weight (``formats.MXTensor`` ``[N, K]``, blocks of 32 along K) for each INT8 backend.
+
+    The weight is split into ``B_w`` exponent bands (:func:`mx_bands`), stacked along N (``[B_w·N, Kp]``) with
+    the band scales folded into the per-row kernel scale. Returns ``{kernel: (packed, B_w)}``.
+
+    Raises:
+        ValueError: NaN block scales (E8M0 code 0xFF), or band scales outside float32's range (the kernel scale
+            would not be exact).
+    """
+    values = pad_k(mx.element_values().to(torch.float32))
+    scales = mx.scales().to(torch.float64)
+    if not bool(torch.isfinite(scales).all()):
+        raise ValueError("the MXFP4 weight has NaN block scales (0xFF); it cannot be multiplied")
+    ints, band_scale = mx_bands(values, scales, MX_BLOCK)
+    flat_scale = band_scale.reshape(-1)
+    if bool(((flat_scale < 2.0**-149) | (flat_scale > 2.0**127)).any()):
+        raise ValueError("MXFP4 weight band scales leave the float32 range; the kernel scale would not be exact")
+    packed = {}
+    for kernel in kernels:
+        packed[kernel] = (
+            pack_int8_weight(ints.reshape(-1, ints.shape[-1]), flat_scale.to(torch.float32), kernel),
+            ints.shape[0],
+        )
+    return packed
+
+
+def msd_mxfp4_linear(
+    x32: torch.Tensor,
+    packed: Int8Packed,
+    weight_bands: int,
+    n: int,
+    passes: int,
+    *,
+    profile: Int8Profile,
+    scale_rule: str = "ceil",
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """MSD MXFP4 linear ``y = x · Wᵀ + bias`` for float32 ``x32 [M, K]`` and a weight from
+    :func:`pack_mxfp4_weight` (``packed`` with ``weight_bands`` bands, ``n`` output features).
+
+    The activation is decomposed into ``passes`` MXFP4 components (:func:`lowbit.msd.decompose`, 32-blocks,
+    ``scale_rule``), banded within the profile's range (``|c'| <= 96``, 4 levels, for 8-bit components;
+    ``<= 48``, 3 levels, for 7-bit ones), stacked along M and multiplied in one INT8 GEMM; the band products are
+    summed and scaled by powers of two (float32, exact in range; float64 otherwise). Rows whose activation holds
+    NaN/Inf give NaN rows; an empty batch gives ``[0, n]``.
+    """
+    from lowbit.msd.decompose import decompose
+
+    m = x32.shape[0]
+    if m == 0:  # an MoE expert that received no tokens
+        y0 = torch.zeros(0, n, dtype=torch.float32)
+        return y0 if bias is None else y0 + bias
+    d = decompose(x32, "mxfp4", passes=passes, group=MX_BLOCK, scale_rule=scale_rule)
+    values = pad_k(torch.cat(d.components, dim=0))
+    scales = torch.cat(d.scales, dim=0)
+    # activation bands within the profile's range: |c'| <= 96 (4 levels) for 8-bit, <= 48 (3 levels) for 7-bit
+    levels = 4 if profile.qmax == FULL_QMAX else 3
+    ints, a_scale = mx_bands(values, scales, MX_BLOCK, levels=levels)  # [Ba, p·M, Kp], [Ba, p·M]
+    ba = ints.shape[0]
+    a = encode_activations(ints.reshape(-1, ints.shape[-1]).to(torch.float32), profile)
+    out = gemm_with_profile(a, packed, profile)  # [Ba·p·M, Bw·N]
+    out = out.reshape(ba * passes, m, weight_bands, n).sum(dim=2)
+    a_scale = a_scale.reshape(ba * passes, m, 1)
+    in_range = bool(((a_scale == 0) | ((a_scale >= 2.0**-126) & (a_scale <= 2.0**127))).all())
+    acc = torch.float32 if in_range else torch.float64  # float32 scaling by a power of two is exact in range
+    y = (out.to(acc) * a_scale.to(acc)).sum(dim=0).to(torch.float32)
+    bad = ~torch.isfinite(torch.stack(d.scales)).all(dim=0).all(dim=-1)
+    if bool(bad.any()):
+        y[bad] = float("nan")
+    if bias is not None:
+        y = y + bias
+    return y

@@ -12,40 +12,32 @@
 * ``method="dequant"``: the same stored weights, dequantized on every call to the activation's dtype (float32 or
   bfloat16), then ``F.linear``: the usual weight-only baseline.
 
-The exact reference of every layer is :meth:`MSDLinear.reference_forward` (``lowbit.msd.matmul`` in float64).
-Quantized tensors are buffers (``state_dict`` holds them bit-exactly); the prepacked kernel weights are rebuilt
-from them (:meth:`MSDLinear.prepack`, run automatically after ``load_state_dict``).
+Each ``(weight, method)`` pair is one handler of :mod:`lowbit.msd.schemes` (storage shapes, quantization,
+prepacking, forward, reference), chosen from :data:`lowbit.msd.schemes.SCHEMES`; ``MSDLinear`` holds the buffers
+and the checks common to all. The exact reference of every layer is :meth:`MSDLinear.reference_forward`
+(``lowbit.msd.matmul`` in float64). Quantized tensors are buffers (``state_dict`` holds them bit-exactly); the
+prepacked kernel weights are rebuilt from them (:meth:`MSDLinear.prepack`, run automatically after
+``load_state_dict``).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
+from lowbit.formats import FLOAT_DTYPES
 from lowbit.msd.config import MSDConfig
-from lowbit.msd.isa import FULL_QMAX, Int8Profile
-from lowbit.msd.kernels import (
-    Int8Packed,
-    choose_kernel,
-    encode_activations,
-    gemm_with_profile,
-    msd_int8_linear,
-    pack_int8_weight,
-    resolve_int8_kernels,
-    time_stacking,
-)
-from lowbit.msd.kernels_mx import MX_MAX_K, mx_bands
+from lowbit.msd.isa import Int8Profile
+from lowbit.msd.kernels_mx import MX_BLOCK
+from lowbit.msd.schemes import BufferShapes, Scheme, scheme_for
 
-__all__ = ["DEFAULT_STACK_MAX_ROWS", "MX_BLOCK", "MSDLinear"]
+__all__ = ["DEFAULT_STACK_MAX_ROWS", "MX_BLOCK", "MSDLinear", "quantize_weight", "quantized_shapes"]
 
-MX_BLOCK = 32
 # [measured, docs/msd-inference.md] below this many stacked rows (p·M) one GEMM over the stacked components beats
 # p GEMMs (the weight is streamed once); above it the two variants tie within noise. MSDLinear.tune measures it.
 DEFAULT_STACK_MAX_ROWS = 1024
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class MSDLinear(nn.Module):
@@ -72,26 +64,13 @@ class MSDLinear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.config = config
-        n, k = out_features, in_features
-        if config.weight == "int8":
-            if config.group_size is not None and k % config.group_size:
-                raise ValueError(f"group_size={config.group_size} does not divide in_features={k}")
-            groups = 1 if config.group_size is None else k // config.group_size
-            self.register_buffer("qweight", torch.zeros(n, k, dtype=torch.int8))
-            self.register_buffer("weight_scale", torch.ones(n, groups, dtype=torch.float32))
-        else:
-            if k > MX_MAX_K:
-                raise ValueError(f"in_features={k} exceeds {MX_MAX_K}: the exact INT8 emulation would overflow int32")
-            kp = math.ceil(k / MX_BLOCK) * MX_BLOCK
-            self.register_buffer("weight_codes", torch.zeros(n, kp // 2, dtype=torch.uint8))
-            self.register_buffer("weight_scale_exponents", torch.full((n, kp // MX_BLOCK), 127, dtype=torch.uint8))
-        self.register_buffer("bias", torch.zeros(n, dtype=torch.float32) if bias else None)
-        self._int8: dict[str, list[tuple[int, int, Int8Packed]]] = {}
-        self._mx: dict[str, tuple[Int8Packed, int]] = {}
+        handler = scheme_for(config)
+        handler.check_shape(out_features, in_features, config)
+        for name, tensor in handler.empty(out_features, in_features, config).items():
+            self.register_buffer(name, tensor)
+        self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32) if bias else None)
         self._plan: dict[int, str] = {}
-        self._kernels: tuple[Int8Profile, ...] = (
-            () if config.method == "dequant" else resolve_int8_kernels(config.kernel)
-        )
+        self._scheme: Scheme = handler(config)  # resolves the INT8 kernels: raises where none is exact
         self.register_load_state_dict_post_hook(_prepack_after_load)
 
     # ----------------------------------------------------------------------------------------------- building
@@ -127,81 +106,29 @@ class MSDLinear(nn.Module):
     def prepack(self) -> None:
         """(Re)build the kernel-side weight copies from the quantized buffers (no-op for ``method="dequant"``)."""
         self._plan = {}
-        self._int8, self._mx = {}, {}
-        if self.config.method == "dequant":
-            return
-        if self.config.weight == "int8":
-            k = self.in_features
-            step = k if self.config.group_size is None else self.config.group_size
-            for kernel in (p.kernel for p in self._kernels):
-                self._int8[kernel] = []
-                for g, start in enumerate(range(0, k, step)):
-                    stop = min(k, start + step)
-                    packed = pack_int8_weight(self.qweight[:, start:stop], self.weight_scale[:, g], kernel)
-                    self._int8[kernel].append((start, stop, packed))
-            return
-        mx = self.weight_quantized()
-        values = _pad_k(mx.element_values().to(torch.float32))
-        scales = mx.scales().to(torch.float64)
-        if not bool(torch.isfinite(scales).all()):
-            raise ValueError("the MXFP4 weight has NaN block scales (0xFF); it cannot be multiplied")
-        ints, band_scale = mx_bands(values, scales, MX_BLOCK)
-        flat_scale = band_scale.reshape(-1)
-        if bool(((flat_scale < 2.0**-149) | (flat_scale > 2.0**127)).any()):
-            raise ValueError("MXFP4 weight band scales leave the float32 range; the kernel scale would not be exact")
-        for kernel in (p.kernel for p in self._kernels):
-            packed = pack_int8_weight(ints.reshape(-1, ints.shape[-1]), flat_scale.to(torch.float32), kernel)
-            self._mx[kernel] = (packed, ints.shape[0])
+        self._scheme.prepack(self)
 
     # ----------------------------------------------------------------------------------------------- views
 
     def weight_quantized(self) -> Any:
         """The stored weight as a :mod:`lowbit.formats` object (``IntQuantized`` or ``MXTensor``)."""
-        from lowbit import formats
-
-        if self.config.weight == "int8":
-            if self.config.group_size is None:
-                return formats.IntQuantized(self.qweight, self.weight_scale, 8, "channel", None)
-            return formats.IntQuantized(self.qweight, self.weight_scale, 8, "group", self.config.group_size)
-        return formats.MXTensor(
-            codes=self.weight_codes,
-            scale_exponents=self.weight_scale_exponents,
-            elem="e2m1",
-            block=MX_BLOCK,
-            axis=1,
-            shape=(self.out_features, self.in_features),
-            scale_rule=self.config.weight_scale_rule,
-        )
+        return self._scheme.weight_quantized(self)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``W = q ⊙ s_w`` (or the MXFP4 values times their block scales) in ``dtype``, as the dequant baseline
         computes it on every call: one float32 product (correctly rounded, so equal to the float64 product rounded
         to float32; exact for MXFP4), then a cast to ``dtype`` (``bf16(float32(q·s_w))`` for W8A16, msd.md §8).
         ``torch.float64`` gives the exact product."""
-        from lowbit import formats
-
         if dtype == torch.float64:
             return self.weight_quantized().dequantize(torch.float64)
-        n, k = self.out_features, self.in_features
-        if self.config.weight == "int8":
-            g = self.weight_scale.shape[1]
-            # Convert, then scale in place: the same float32 products as ``q * s`` with type promotion, 2-3x
-            # faster on the CPU (the mixed-dtype broadcast takes a slow path), so the baseline is not handicapped.
-            w = self.qweight.to(torch.float32).view(n, g, k // g).mul_(self.weight_scale.unsqueeze(-1)).view(n, k)
-        else:
-            values = formats.decode_element(formats.unpack_nibbles(self.weight_codes), "e2m1")
-            scales = formats.e8m0.decode_e8m0(self.weight_scale_exponents)
-            w = (values.view(n, scales.shape[1], MX_BLOCK) * scales.unsqueeze(-1)).view(n, -1)[:, :k]
+        w = self._scheme.dequantize(self)
         return w if dtype == torch.float32 else w.to(dtype)
 
     @property
     def kernel(self) -> str:
         """The GEMM backends of this layer: ``"fbgemm"``, ``"onednn"``, ``"int_mm"``, ``"auto(fbgemm|onednn)"`` (MSD,
         see :meth:`kernel_for`) or ``"dequant"``."""
-        if self.config.method == "dequant":
-            return "dequant"
-        names = [p.kernel for p in self._kernels]
-        return names[0] if len(names) == 1 else f"auto({'|'.join(names)})"
+        return self._scheme.kernel_name
 
     def kernel_for(self, m: int) -> str:
         """The backend that runs for ``m`` token rows (``"dequant"`` for the baseline)."""
@@ -211,10 +138,12 @@ class MSDLinear(nn.Module):
 
     def profile_for(self, m: int) -> Int8Profile:
         """The verified kernel profile (:mod:`lowbit.msd.isa`) that runs for ``m`` token rows: backend, component
-        range (8-bit, or 7-bit with one more pass on CPUs without VNNI) and activation zero point."""
-        if self.config.method == "dequant":
-            raise ValueError("method='dequant' layers run a float GEMM, not an INT8 kernel")
-        return choose_kernel(self._kernels, self.config.passes * m)
+        range (8-bit, or 7-bit with one more pass on CPUs without VNNI) and activation zero point.
+
+        Raises:
+            ValueError: a ``method="dequant"`` layer (it runs a float GEMM).
+        """
+        return self._scheme.profile_for(m)
 
     @property
     def plan(self) -> dict[int, str]:
@@ -233,15 +162,10 @@ class MSDLinear(nn.Module):
 
     def memory_bytes(self) -> dict[str, int]:
         """Bytes of the stored quantized weight (checkpoint) and of the kernels' prepacked copies (estimate: one
-        byte per weight and backend; ``kernel="auto"`` keeps two, fbgemm for decode and onednn for larger M)."""
+        byte per weight and backend for INT8, ``kernel="auto"`` keeping two, fbgemm for decode and onednn for
+        larger M; one byte per weight and exponent band for MXFP4; none for the dequant baseline)."""
         stored = sum(b.numel() * b.element_size() for n, b in self.named_buffers() if n != "bias")
-        if self.config.method == "dequant":
-            compute = 0
-        elif self.config.weight == "int8":
-            compute = len(self._kernels) * self.out_features * self.in_features
-        else:
-            compute = sum(bw * self.out_features * packed.k for packed, bw in self._mx.values())
-        return {"stored": stored, "prepacked": compute}
+        return {"stored": stored, "prepacked": self._scheme.prepacked_bytes(self)}
 
     def extra_repr(self) -> str:
         c = self.config
@@ -258,41 +182,14 @@ class MSDLinear(nn.Module):
         Inference only: the MSD path returns a tensor without gradient history.
         """
         x2 = self._check_input(x)
-        if self.config.method == "dequant":
-            w = self.dequantized_weight(x.dtype)
-            bias = None if self.bias is None else self.bias.to(x.dtype)
-            return nn.functional.linear(x, w, bias)
-        x2 = x2.detach()  # inference only: integer GEMMs carry no gradient
-        with torch.no_grad():
-            m = x2.shape[0]
-            profile = self.profile_for(m)
-            if self.config.weight == "int8":
-                stacked = self.stacking_for(m) == "stacked"
-                segments = self._int8[profile.kernel]
-                y = msd_int8_linear(x2, segments, self.config.passes, stacked=stacked, bias=self.bias, profile=profile)
-            else:
-                y = self._mx_forward(x2.to(torch.float32), profile)
-        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return self._scheme.forward(self, x, x2)
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The exact reference in float64: ``lowbit.msd.matmul`` (``method="msd"``, the same decomposition as the
         fast path on this CPU: passes, component range (:meth:`profile_for`) and scale rule)
         or ``lowbit.msd.dequant_matmul``'s exact counterpart (``x·deq(W)ᵀ`` for ``method="dequant"``)."""
-        from lowbit.msd import matmul, matmul_reference
-
         x2 = self._check_input(x)
-        w = self.weight_quantized()
-        if self.config.method == "dequant":
-            y = matmul_reference(x2, w)
-        elif self.config.weight == "int8":
-            # the decomposition the fast path runs here: 8-bit, or 7-bit with one more pass on CPUs without VNNI
-            profile = self.profile_for(x2.shape[0])
-            passes = profile.passes_for(self.config.passes)
-            y = matmul(x2, w, passes=passes, accumulate=torch.float64, int8_qmax=profile.qmax)
-        else:
-            y = matmul(
-                x2, w, passes=self.config.passes, scale_rule=self.config.act_scale_rule, accumulate=torch.float64
-            )
+        y = self._scheme.reference(self, x2)
         if self.bias is not None:
             y = y + self.bias.to(torch.float64)
         return y.reshape(*x.shape[:-1], self.out_features)
@@ -304,6 +201,9 @@ class MSDLinear(nn.Module):
         """Measure stacked vs split for each M (random activations) and keep the faster per M bucket.
 
         Both variants give bit-identical outputs; only speed differs. Returns ``{M: {"stacked": s, "split": s}}``.
+
+        Raises:
+            ValueError: not a ``weight="int8"``, ``method="msd"`` layer.
         """
         if self.config.method == "dequant" or self.config.weight != "int8":
             raise ValueError("tune() applies to weight='int8', method='msd' layers")
@@ -311,8 +211,7 @@ class MSDLinear(nn.Module):
         timings = {}
         for m in ms:
             x = torch.randn(m, self.in_features, generator=gen)
-            profile = self.profile_for(m)
-            t = time_stacking(x, self._int8[profile.kernel], self.config.passes, repeats=repeats, profile=profile)
+            t = self._scheme.tune(self, x, repeats)
             self._plan[_bucket(m)] = min(t, key=t.__getitem__)
             timings[m] = t
         return timings
@@ -320,42 +219,13 @@ class MSDLinear(nn.Module):
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dtype not in _FLOAT_DTYPES:
+        if x.dtype not in FLOAT_DTYPES:
             raise TypeError(f"x must be a floating tensor, got dtype {x.dtype}")
         if x.device.type != "cpu":
             raise ValueError(f"MSDLinear runs on the CPU, got x on {x.device}")
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have last dimension in_features={self.in_features}, got shape {tuple(x.shape)}")
         return x.reshape(-1, self.in_features)
-
-    def _mx_forward(self, x32: torch.Tensor, profile: Int8Profile) -> torch.Tensor:
-        from lowbit.msd import decompose
-
-        m, n = x32.shape[0], self.out_features
-        if m == 0:  # an MoE expert that received no tokens
-            y0 = torch.zeros(0, n, dtype=torch.float32)
-            return y0 if self.bias is None else y0 + self.bias
-        packed, bw = self._mx[profile.kernel]
-        d = decompose(x32, "mxfp4", passes=self.config.passes, group=MX_BLOCK, scale_rule=self.config.act_scale_rule)
-        values = _pad_k(torch.cat(d.components, dim=0))
-        scales = torch.cat(d.scales, dim=0)
-        # activation bands within the profile's range: |c'| <= 96 (4 levels) for 8-bit, <= 48 (3 levels) for 7-bit
-        levels = 4 if profile.qmax == FULL_QMAX else 3
-        ints, a_scale = mx_bands(values, scales, MX_BLOCK, levels=levels)  # [Ba, p·M, Kp], [Ba, p·M]
-        ba = ints.shape[0]
-        a = encode_activations(ints.reshape(-1, ints.shape[-1]).to(torch.float32), profile)
-        out = gemm_with_profile(a, packed, profile)  # [Ba·p·M, Bw·N]
-        out = out.reshape(ba * self.config.passes, m, bw, n).sum(dim=2)
-        a_scale = a_scale.reshape(ba * self.config.passes, m, 1)
-        in_range = bool(((a_scale == 0) | ((a_scale >= 2.0**-126) & (a_scale <= 2.0**127))).all())
-        acc = torch.float32 if in_range else torch.float64  # float32 scaling by a power of two is exact in range
-        y = (out.to(acc) * a_scale.to(acc)).sum(dim=0).to(torch.float32)
-        bad = ~torch.isfinite(torch.stack(d.scales)).all(dim=0).all(dim=-1)
-        if bool(bad.any()):
-            y[bad] = float("nan")
-        if self.bias is not None:
-            y = y + self.bias
-        return y
 
 
 def quantize_weight(weight: torch.Tensor, config: MSDConfig) -> dict[str, torch.Tensor]:
@@ -366,8 +236,6 @@ def quantize_weight(weight: torch.Tensor, config: MSDConfig) -> dict[str, torch.
     Raises:
         ValueError: NaN/Inf in the weight, values beyond float32's range, or a group size that does not divide K.
     """
-    from lowbit import formats
-
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D [N, K], got shape {tuple(weight.shape)}")
     if not bool(torch.isfinite(weight).all()):
@@ -378,28 +246,17 @@ def quantize_weight(weight: torch.Tensor, config: MSDConfig) -> dict[str, torch.
             f"weight values reach {top:.3g}, beyond float32's range: the float32 scales (INT8 max|W|/127, MXFP4 "
             "E8M0 exponents) cannot represent them"
         )
-    if config.weight == "int8":
-        if config.group_size is None:
-            wq = formats.quantize_int(weight, 8, "channel")
-            return {"qweight": wq.q, "weight_scale": wq.scale.reshape(weight.shape[0], 1)}
-        wq = formats.quantize_int(weight, 8, "group", group_size=config.group_size)
-        return {"qweight": wq.q, "weight_scale": wq.scale.reshape(weight.shape[0], -1)}
-    mx = formats.quantize_mx(weight, "e2m1", block=MX_BLOCK, axis=-1, scale_rule=config.weight_scale_rule, pad=True)
-    return {"weight_codes": mx.codes, "weight_scale_exponents": mx.scale_exponents}
+    return scheme_for(config).quantize(weight, config)
 
 
-def quantized_shapes(n: int, k: int, config: MSDConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Shape and dtype of each buffer :func:`quantize_weight` returns for an ``[n, k]`` weight."""
-    if config.weight == "int8":
-        groups = 1 if config.group_size is None else k // config.group_size
-        return {"qweight": ((n, k), torch.int8), "weight_scale": ((n, groups), torch.float32)}
-    kp = math.ceil(k / MX_BLOCK) * MX_BLOCK
-    return {"weight_codes": ((n, kp // 2), torch.uint8), "weight_scale_exponents": ((n, kp // MX_BLOCK), torch.uint8)}
+def quantized_shapes(n: int, k: int, config: MSDConfig) -> BufferShapes:
+    """Shape and dtype of each buffer :func:`quantize_weight` returns for an ``[n, k]`` weight (the constructor
+    registers the same buffers).
 
-
-def _pad_k(t: torch.Tensor) -> torch.Tensor:
-    pad = -t.shape[-1] % MX_BLOCK
-    return nn.functional.pad(t, (0, pad)) if pad else t
+    >>> quantized_shapes(4, 40, MSDConfig(weight="mxfp4"))["weight_codes"]
+    ((4, 32), torch.uint8)
+    """
+    return scheme_for(config).shapes(n, k, config)
 
 
 def _bucket(m: int) -> int:
