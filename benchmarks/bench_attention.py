@@ -17,10 +17,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._harness import median_time, print_table, write_results
-from lowbit.attention.amla_errors import AmlaErrorRow, amla_error_table
 from lowbit.attention.flash import flash_attention
-from lowbit.attention.kv_errors import KVErrorRow, kv_error_table
 from lowbit.attention.mla import DEEPSEEK_V3_MLA, mla_decode_inputs
+from lowbit.lab.attention.amla_errors import AmlaErrorRow, amla_error_table
+from lowbit.lab.attention.kv_errors import KVErrorRow, kv_error_table
 
 
 def main() -> None:

@@ -18,12 +18,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._harness import RESULTS_DIR, print_table, write_results
-from lowbit.costmodel.calibrate import calibrate_cpu
-from lowbit.costmodel.cpu_check import NOT_MEASURED, CpuComparison, compare_cpu, load_measured, predict_cpu
 from lowbit.costmodel.hardware import PRESETS
 from lowbit.costmodel.models import MODELS
 from lowbit.costmodel.plots import latency_figure, save_figure
 from lowbit.costmodel.tables import attention_table, hardware_table, kv_bytes_table, linear_table
+from lowbit.lab.costmodel.calibrate import calibrate_cpu
+from lowbit.lab.costmodel.cpu_check import NOT_MEASURED, CpuComparison, compare_cpu, load_measured, predict_cpu
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """AMLA: FlashAttention's output rescale as an integer add on the float32 bit pattern.
 
-The identity (../shared/papers/amla.md §2) for a normal float32 ``F`` (biased exponent ``1 <= E <= 254``)
-and an integer ``n`` with ``1 <= E + n <= 254``::
+The identity (docs/methods/amla.md §2; "AMLA: MUL by ADD in FlashAttention Rescaling", arXiv:2509.25224) for a
+normal float32 ``F`` (biased exponent ``1 <= E <= 254``) and an integer ``n`` with ``1 <= E + n <= 254``::
 
     F · 2^n = AS_FP32(AS_INT32(F) + (n << 23))
 

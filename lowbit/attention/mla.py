@@ -1,4 +1,4 @@
-"""DeepSeek-V3 absorbed-MLA decode shapes and softmax scale (../shared/papers/amla.md §5).
+"""DeepSeek-V3 absorbed-MLA decode shapes and softmax scale (docs/methods/amla.md §5).
 
 Absorbed decode attention is MQA with one latent KV head: Q is ``[B, 128, S_q, 512 + 64]``, K is the
 latent cache (512) concatenated with the rope cache (64), and V is the same 512-d latent (the first 512

@@ -9,7 +9,7 @@ query heads of a group × query tokens)::
     O_i = e^{m_{i-1} - m_i} · O_{i-1} + P_i · V_i          (rescale="mul")
     out = O_last / l_last
 
-With AMLA (../shared/papers/amla.md §3-§4) the reference point of O is the power of two
+With AMLA (docs/methods/amla.md §3-§4) the reference point of O is the power of two
 ``2^{-n_i}``, ``n_i = round(-m_i / ln 2)``; ``P̃_i = P_i · ĉ_i`` with ``c_i = e^{m_i}·2^{n_i}`` and the
 rescale of O is the integer add of ``(Δn_i + ε_i) << 23`` (:func:`lowbit.attention.amla.rescale_by_int_add`);
 ``out = O_last / (l_last · ĉ_last)``.

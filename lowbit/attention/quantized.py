@@ -4,9 +4,9 @@
 ``S = Q·Kᵀ`` accumulates in float32, the online softmax runs in float32, and ``P`` is cast to BF16 for
 ``P·V`` (FlashAttention-2 numerics).
 
-``"msd"`` follows ../shared/papers/msd.md §9 [inferred]: the cache codes are used as they are and the
-high-precision operand is decomposed instead (:func:`lowbit.msd.decompose`), so every product is an exact
-low-precision product and the scales are applied in float32 afterwards.
+``"msd"`` follows docs/methods/msd.md §9 [inferred] (Multi-Scale Dequant, arXiv:2605.13915): the cache codes are
+used as they are and the high-precision operand is decomposed instead (:func:`lowbit.msd.decompose`), so every
+product is an exact low-precision product and the scales are applied in float32 afterwards.
 
 * **Q·Kᵀ.** INT8 keys per token: ``Q ≈ Σ_i s_i·q_i`` per query row, ``S = scale·s_k[j]·Σ_i s_i·(q_i·k_int[j])``.
   INT8 keys per channel: the channel scale runs along the contraction, so it is folded into Q first

@@ -4,7 +4,7 @@
 
 computed in float64 over the whole score matrix at once. A row whose keys are all masked has no
 softmax; its output is defined as zero (never NaN), the same convention as :func:`flash_attention`.
-See ../shared/papers/msd.md §9 ("Reference") and ../shared/papers/amla.md §7 item 2.
+See docs/methods/msd.md §9 ("Reference") and docs/methods/amla.md §7 item 2.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Hardware presets for the latency/traffic model, each figure with its source and status.
 
-Figures come from ../shared/papers/msd.md §11. Status words follow ../shared/papers/README.md:
+Figures come from docs/methods/msd.md §11. Status words, as in docs/methods/:
 ``secondary`` (a third-party page, not checked against the vendor datasheet), ``unverified`` (a source we
 could not check), ``inferred`` (our estimate, no source), ``measured`` (a calibration run on this machine),
 ``user`` (a TOML file). Throughputs are dense (no sparsity).
@@ -150,7 +150,7 @@ PRESETS: dict[str, Hardware] = {
         "[inferred] as 910B. The only preset with native MXFP4, so the only one where W4A16 MSD applies.",
     ),
 }
-"""Cited presets; ``cpu`` comes from :func:`lowbit.costmodel.calibrate.calibrate_cpu` (a measurement)."""
+"""Cited presets; ``cpu`` comes from :func:`lowbit.lab.costmodel.calibrate.calibrate_cpu` (a lab measurement)."""
 
 
 _REQUIRED = ("name", "bf16_tflops", "int8_tops", "hbm_tbps", "vector_tops", "decoupled")

@@ -1,6 +1,6 @@
 """Decode attention over a quantized KV cache: bytes per KV element and latency, dequant vs MSD.
 
-[inferred] reconstruction of ../shared/papers/msd.md §10 ("KV cache, up to 2.5x"). Bytes moved per KV
+[inferred] reconstruction of docs/methods/msd.md §10 ("KV cache, up to 2.5x"). Bytes moved per KV
 element in decode, with ``b`` the stored bytes per element (INT8: 1, MXFP4: 0.5 + 1/32):
 
 * dequant, decoupled: read ``b`` + write a BF16 workspace (2) + read it back (2) = ``b + 4`` (INT8: 5 B);

@@ -8,7 +8,7 @@
   ``q_lora_rank`` 1536, ``kv_lora_rank`` 512, 128 heads, ``qk_nope`` 128, ``qk_rope`` 64, ``v_head`` 128;
   MoE with 256 routed experts (top 8, intermediate 2048) and one shared expert; dense FFN 18432. The tables
   use one MoE layer. Decode attention is the absorbed MLA (one latent KV head, 576/512 dims,
-  ../shared/papers/amla.md §5).
+  docs/methods/amla.md §5).
 
 Routed experts: with ``M`` tokens and top-``k`` routing over ``E`` experts, [inferred] uniform routing
 activates ``min(E, M·k)`` experts with ``ceil(M·k / active)`` tokens each.

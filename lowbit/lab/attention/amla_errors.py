@@ -1,6 +1,6 @@
 """The AMLA error table: integer-add rescale vs FA-2 multiply rescale vs float64 on DeepSeek-V3 MLA decode.
 
-Reproduces the shape of ../shared/papers/amla.md §6: relative L2 errors against the float64 softmax
+Reproduces the shape of docs/methods/amla.md §6: relative L2 errors against the float64 softmax
 attention, for the exact variant (float32 ``P̃``, float32 ``c``) and the kernel's bf16 variant with and
 without the compensation term, next to FlashAttention with the multiply rescale (float32 and bf16 ``P``).
 """

@@ -3,7 +3,7 @@
 A small timing run (a few seconds with ``quick``); the result is a value (:class:`CpuCalibration`) that
 callers keep or write out (the report caches it in its output folder), never package state.
 
-Measured paths (../shared/papers/msd.md §11 "CPU paths"):
+Measured paths (docs/methods/msd.md §11 "CPU paths"):
 
 * ``fp32``: ``torch.matmul`` float32;
 * ``bf16``: ``torch.matmul`` bfloat16;
