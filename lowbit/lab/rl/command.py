@@ -7,7 +7,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from lowbit.lab.rl.experiment import ARMS, ExperimentConfig, quick_config, run_experiment, sft
+from lowbit.lab.rl.compare import conclusion
+from lowbit.lab.rl.experiment import ARMS, DEFAULT_ARMS, ExperimentConfig, quick_config, run_experiment, sft
 from lowbit.lab.rl.rollout import STRENGTHS
 
 
@@ -16,21 +17,51 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "rl",
         help="GRPO on a tiny GPT with FP8 fake-quantized rollouts: no correction vs TIS/MIS/IcePop/fixed-α/AIS",
+        description=(
+            "The AIS experiment: a tiny GPT learns reversed-digit addition (SFT warm start), then GRPO with rollouts "
+            "sampled from an FP8 fake-quantized copy, one arm per correction. Prints the final table per dose and a "
+            "one-line conclusion (AIS vs no correction, Welch's t-test over seeds); writes NAME.json and NAME.png."
+        ),
     )
-    p.add_argument("--quick", action="store_true", help="short run (about 30 s): fewer steps, arms and seeds")
-    p.add_argument("--arms", nargs="+", choices=sorted(ARMS), help="arms to run (default: the six main arms)")
-    p.add_argument("--seeds", type=int, help="seeds per arm (default 3; quick 2)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="short run (about 30 s): 2-digit addition, 30 steps, 2 seeds, the six main arms: fp32 rollouts, and FP8 "
+        "rollouts with none/tis/icepop/fixed-alpha/ais correction",
+    )
+    p.add_argument(
+        "--arms",
+        nargs="+",
+        choices=sorted(ARMS),
+        metavar="ARM",
+        help=f"arms to run, from: {', '.join(ARMS)} (default: the six main arms {', '.join(DEFAULT_ARMS)})",
+    )
+    p.add_argument("--seeds", type=int, metavar="N", help="seeds per arm (default 3; --quick 2)")
     p.add_argument(
         "--strength",
         nargs="+",
         choices=list(STRENGTHS),
-        help="FP8 dose(s); several = a dose sweep, the first is the main one (default e5m2-tensor-act)",
+        metavar="DOSE",
+        help=f"FP8 rollout dose(s), mild to strong: {', '.join(STRENGTHS)}; several = a dose sweep, the first is "
+        "the main one (default e5m2-tensor-act)",
     )
-    p.add_argument("--steps", type=int, help="GRPO steps per run")
+    p.add_argument("--steps", type=int, metavar="N", help="GRPO steps per run (default 300; --quick 30)")
     p.add_argument("--lr", type=float, help="Adam learning rate of GRPO (default 5e-4)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel worker processes (default 1; same results)")
-    p.add_argument("--out", type=Path, default=Path("rl-results"), help="folder for the results (default rl-results)")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads per run (default 1)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="arm x seed runs in N parallel worker processes (default 1; the results do not depend on N)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("rl-results"),
+        metavar="DIR",
+        help="folder for the results (default rl-results)",
+    )
     p.add_argument("--name", default="rl", help="file stem: NAME.json and NAME.png (default rl)")
     p.set_defaults(func=run)
 
@@ -53,8 +84,9 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the experiment at each requested dose, print the final tables and write the results."""
-    from lowbit.lab.report.section import format_cell
+    """Run the experiment at each requested dose, print the final tables, write the results, then print the
+    conclusion: AIS minus no correction in final greedy accuracy, with Welch's p over seeds (one line per dose)."""
+    from lowbit.cli_tables import print_rich_table
     from lowbit.lab.rl.results import TABLE_HEADER, table_rows, write_outputs
 
     base = config_from_args(args)
@@ -68,14 +100,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"== dose {s}: arms {', '.join(cfg.arms)}; {cfg.seeds} seeds; {cfg.rl_steps} steps")
         exp = run_experiment(cfg, print, init=init, jobs=args.jobs)
         experiments.append(exp)
-        rows = table_rows(exp["table"])
-        widths = [max(len(h), *(len(format_cell(r[i])) for r in rows)) for i, h in enumerate(TABLE_HEADER)]
-        print("  ".join(h.rjust(w) for h, w in zip(TABLE_HEADER, widths, strict=True)))
-        for r in rows:
-            print("  ".join(format_cell(c).rjust(w) for c, w in zip(r, widths, strict=True)))
+        print_rich_table(f"final table, dose {s} (± = sd over seeds)", TABLE_HEADER, table_rows(exp["table"]))
     payload = {"quick": args.quick, "seconds": time.perf_counter() - start, "experiments": experiments}
     if not args.name or not args.name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"--name must be letters, digits, '-' or '_', got {args.name!r}")
     for path in write_outputs(payload, args.out, name=args.name):
         print(f"wrote {path}")
+    for exp in experiments:
+        dose = f" (dose {exp['config']['strength']})" if len(experiments) > 1 else ""
+        print(f"conclusion{dose}: {conclusion(exp['table'])}")
     return 0

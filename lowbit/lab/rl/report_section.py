@@ -1,10 +1,12 @@
 """Report section ``rl``: the AIS experiment (reward/accuracy/α/ESS curves per arm and the final table).
 
-Quick mode runs :func:`~lowbit.lab.rl.experiment.quick_config` live (about 30 s); full mode runs the full
-experiment. Either way, the saved full runs ``rl*.json`` of the report's results folder (written by ``lowbit rl`` /
-``benchmarks/bench_rl.py``: ``rl.json`` the main run, others e.g. a dose sweep; by default the copies packaged with
-lowbit, else ``lowbit report --results DIR``) are shown too, labelled with their file name, the date they were
-written and the machine. Packaged copies keep the curves of the main run only; the others show their tables.
+Quick mode runs :func:`~lowbit.lab.rl.experiment.quick_config` live (the six main arms, 2 seeds, about 30 s);
+full mode runs the full experiment. Either way, the saved full runs ``rl*.json`` of the report's results folder
+(written by ``lowbit rl`` / ``benchmarks/bench_rl.py``: ``rl.json`` the main run, others e.g. a dose sweep; by
+default the copies packaged with lowbit, else ``lowbit report --results DIR``) are shown too, labelled with their
+file name, the date they were written and the machine. Packaged copies keep the curves of the main run only; the
+others show their tables. A table with both fp8-ais and fp8-none is followed by its conclusion line (AIS vs no
+correction, Welch's t-test over seeds, :func:`~lowbit.lab.rl.compare.conclusion`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def _summary(exp: dict[str, Any]) -> dict[str, Any]:
 
 
 def _show(out: SectionOutput, exp: dict[str, Any], label: str, *, figure: bool = True) -> None:
+    from lowbit.lab.rl.compare import conclusion
     from lowbit.lab.rl.plots import curves_figure
     from lowbit.lab.rl.results import TABLE_HEADER, table_rows
 
@@ -60,6 +63,8 @@ def _show(out: SectionOutput, exp: dict[str, Any], label: str, *, figure: bool =
     )
     if figure and exp.get("runs"):
         out.figure(curves_figure(exp), caption=f"{label}: curves per arm (mean ± sd over seeds)")
+    if {"fp8-ais", "fp8-none"} <= {r["arm"] for r in exp["table"]}:
+        out.text(f"{label}: {conclusion(exp['table'])}.")
 
 
 def run(ctx: SectionContext) -> SectionOutput:

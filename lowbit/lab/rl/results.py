@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -58,10 +59,6 @@ def _compact(obj: Any) -> Any:
     return obj
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    atomic_write_bytes(path, data)
-
-
 def write_outputs(payload: Mapping[str, Any], out_dir: Path, *, name: str = "rl") -> list[Path]:
     """Write ``<name>.json`` (with machine info) and one ``<name>[-<strength>].png`` per dose, each atomically."""
     from lowbit.lab.report.machine import machine_info
@@ -70,18 +67,16 @@ def write_outputs(payload: Mapping[str, Any], out_dir: Path, *, name: str = "rl"
     out_dir.mkdir(parents=True, exist_ok=True)
     data = {"benchmark": name, "machine": machine_info(), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **payload}
     json_path = out_dir / f"{name}.json"
-    _atomic_write(json_path, json.dumps(_compact(data), default=str).encode())
+    atomic_write_bytes(json_path, json.dumps(_compact(data), default=str).encode())
     paths = [json_path]
     for i, exp in enumerate(payload["experiments"]):
-        import io
-
-        fig = curves_figure(exp)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        fig = curves_figure(exp)  # selects the Agg backend before pyplot is imported
         import matplotlib.pyplot as plt
 
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
         plt.close(fig)
         png = out_dir / (f"{name}.png" if i == 0 else f"{name}-{exp['config']['strength']}.png")
-        _atomic_write(png, buf.getvalue())
+        atomic_write_bytes(png, buf.getvalue())
         paths.append(png)
     return paths

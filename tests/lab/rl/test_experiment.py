@@ -109,9 +109,11 @@ def test_config_errors():
         ExperimentConfig(digits=6)
 
 
-def test_cli_quick_writes_results(tmp_path):
+def test_cli_quick_writes_results(tmp_path, capsys):
     code = main(["rl", "--quick", "--steps", "2", "--seeds", "2", "--arms", "fp32", "fp8-ais", "--out", str(tmp_path)])
     assert code == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == "conclusion: AIS vs none: not compared (run both fp8-ais and fp8-none, e.g. with --arms)"
     data = json.loads((tmp_path / "rl.json").read_text())
     (exp,) = data["experiments"]
     assert [r["arm"] for r in exp["table"]] == ["fp32", "fp8-ais"]
