@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit._timing import median_time
+from lowbit._timing import Timing, measure
 from lowbit.lab.report.machine import cpu_model
 from lowbit.lab.report.section import Section, SectionContext, SectionOutput
 from lowbit.lab.report.stored import machine_caveat, provenance
@@ -25,13 +25,14 @@ COLUMNS = ("fp32", "bf16", "dequant_bf16", "dequant_fp32", "w8a16_fused", "quant
 RESULTS = "msd_linear.json"
 
 
-def _median_time(fn: Callable[[], Any], repeats: int) -> float:
-    """Median of ``repeats`` calls after two untimed ones (the first call of a kernel builds its oneDNN primitive)."""
-    return median_time(fn, repeats=repeats, warmup=2)
+def _measure(fn: Callable[[], Any], repeats: int) -> Timing:
+    """``repeats`` timed calls after two untimed ones (the first call of a kernel builds its oneDNN primitive)."""
+    return measure(fn, repeats=repeats, warmup=2)
 
 
 def measure_shape(m: int, k: int, n: int, *, repeats: int = 5, seed: int = 0) -> dict[str, Any]:
-    """Time and error of the six main columns for one ``M x K x N`` shape (one row of the results schema)."""
+    """Time and error of the six main columns for one ``M x K x N`` shape (one row of the results schema, plus
+    ``timings``: every column's samples, spread and noisy flag)."""
     import warnings
 
     from lowbit.msd import MSDConfig, MSDLinear
@@ -67,17 +68,19 @@ def measure_shape(m: int, k: int, n: int, *, repeats: int = 5, seed: int = 0) ->
     if hasattr(torch, "_weight_int8pack_mm"):  # torch's fused CPU W8A16 kernel (bf16 activations and scales)
         q8, s8 = msd.qweight, msd.weight_scale[:, 0].to(torch.bfloat16).contiguous()
         fns["w8a16_fused"] = lambda: torch._weight_int8pack_mm(xb, q8, s8)
-    times, errs = {}, {}
+    times, errs, timings = {}, {}, {}
     with torch.no_grad():
         for name, fn in fns.items():
             y = fn().double()
             errs[name] = float((y - ref).norm() / ref.norm())
-            times[name] = _median_time(fn, repeats)
+            timing = _measure(fn, repeats)
+            times[name], timings[name] = timing.median, timing.as_dict()
     return {
         "M": m,
         "K": k,
         "N": n,
         "times_s": times,
+        "timings": timings,
         "rel_err": errs,
         "kernel": f"{msd.kernel_for(m)}/{msd.stacking_for(m)}",
     }
@@ -88,13 +91,13 @@ def _table(out: SectionOutput, rows: list[dict[str, Any]], caption: str) -> None
     header += ["msd err", "qd err", "bits +"]
     body = []
     for r in rows:
-        t, e = r["times_s"], r["rel_err"]
+        t, e, live = r["times_s"], r["rel_err"], r.get("timings", {})
         dq = min(t["dequant_bf16"], t["dequant_fp32"])
         fused = t["w8a16_fused"] / t["msd"] if "w8a16_fused" in t else "-"
         body.append(
             [
                 *(r["M"], r["K"], r["N"]),
-                *[t[c] * 1e3 if c in t else "-" for c in COLUMNS],
+                *[out.timing(live[c], "ms") if c in live else t[c] * 1e3 if c in t else "-" for c in COLUMNS],
                 *(t["fp32"] / t["msd"], dq / t["msd"], fused, e["msd"], e["quantize_dynamic"]),
                 math.log2(e["quantize_dynamic"] / e["msd"]),
             ]
