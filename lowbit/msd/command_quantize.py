@@ -33,20 +33,64 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "with model.safetensors.index.json) to INT8 or MXFP4 for lowbit MSD layers. The result is written to a "
         "temporary folder and renamed to OUT_DIR when complete.",
     )
-    p.add_argument("model_dir", type=Path, help="source directory with model.safetensors or an index and shards")
-    p.add_argument("out_dir", type=Path, help="output directory (must not exist unless --overwrite)")
-    p.add_argument("--weight", choices=("int8", "mxfp4"), default="int8", help="weight format (default int8)")
-    p.add_argument("--method", choices=("msd", "dequant"), default="msd", help="GEMM method stored in the config")
-    p.add_argument("--passes", type=int, default=2, help="activation components for MSD (default 2)")
-    p.add_argument("--group-size", type=int, default=None, help="INT8 weight scale group along K (default per channel)")
-    p.add_argument("--include", default=None, help="regex: quantize only 2-D *.weight tensors whose name matches")
-    p.add_argument("--exclude", default=DEFAULT_EXCLUDE, help="regex: never quantize these (default: embeddings)")
+    p.add_argument(
+        "model_dir",
+        type=Path,
+        help="source folder: model.safetensors, or shards listed in model.safetensors.index.json (a Hugging Face "
+        "checkpoint); it is only read",
+    )
+    p.add_argument(
+        "out_dir",
+        type=Path,
+        help="output folder; must not exist (unless --overwrite) and must lie outside MODEL_DIR",
+    )
+    p.add_argument(
+        "--weight",
+        choices=("int8", "mxfp4"),
+        default="int8",
+        help="weight format: int8 (symmetric, one float32 scale per output channel, or per --group-size) or mxfp4 "
+        "(OCP MXFP4: E2M1 with one E8M0 scale per 32 along K, 4.25 bits/weight) (default int8)",
+    )
+    p.add_argument(
+        "--method",
+        choices=("msd", "dequant"),
+        default="msd",
+        help="GEMM the loaded layers run, stored in each layer's config: msd (activation decomposed, integer "
+        "GEMMs, weight never dequantized) or dequant (the baseline: weight dequantized every call) (default msd)",
+    )
+    p.add_argument(
+        "--passes",
+        type=int,
+        default=2,
+        help="activation components p per token row for MSD, 1 to 4; INT8 decomposition bound "
+        "max|x_row|/(2*127*254^(p-1)) (default 2)",
+    )
+    p.add_argument(
+        "--group-size",
+        type=int,
+        default=None,
+        help="int8 only: one weight scale per this many weights along K (must divide K); default one scale per "
+        "output channel",
+    )
+    p.add_argument(
+        "--include",
+        default=None,
+        metavar="REGEX",
+        help="quantize only the 2-D *.weight tensors whose name matches REGEX (re.search); default all of them",
+    )
+    p.add_argument(
+        "--exclude",
+        default=DEFAULT_EXCLUDE,
+        metavar="REGEX",
+        help="never quantize tensors whose name matches REGEX; they are copied unchanged (default: embeddings, "
+        "%(default)s; pass '' to exclude nothing)",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace OUT_DIR if it is an empty directory or a previous lowbit output (never the model directory)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary is printed either way)")
     p.set_defaults(func=run)
 
 

@@ -104,7 +104,7 @@ def available_int8_kernels() -> tuple[str, ...]:
     return tuple(found)
 
 
-# [measured, benchmarks/results/msd_linear.json, msd_<kernel>_* columns] fbgemm is fastest for the smallest GEMMs
+# [measured, docs/msd-inference.md: the msd_<kernel>_* columns of bench_msd_linear] fbgemm is fastest for small GEMMs
 # (decode, M = 1: 0.36 ms vs 0.59 ms for onednn at K = N = 4096), onednn from a few rows on (10-20 % faster at
 # M >= 128).
 AUTO_SMALL_ROWS = 4
