@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="short run (about 30 s): 2-digit addition, 30 steps, 2 seeds, the six main arms: fp32 rollouts, and FP8 "
-        "rollouts with none/tis/icepop/fixed-alpha/ais correction",
+        help="short run (about a minute): 2-digit addition, 30 steps, 2 seeds, the six main arms: fp32 rollouts, "
+        "and FP8 rollouts with none/tis/icepop/fixed-alpha/ais correction",
     )
     p.add_argument(
         "--arms",

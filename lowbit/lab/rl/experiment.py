@@ -121,7 +121,7 @@ class ExperimentConfig:
 
 def quick_config(**overrides: Any) -> ExperimentConfig:
     """The ``--quick`` run: 2-digit addition, the six main arms (:data:`DEFAULT_ARMS`: fp32 and FP8 with no
-    correction, TIS, IcePop, fixed α = 0.5 and AIS), 2 seeds, 30 steps (about 30 s on a free core)."""
+    correction, TIS, IcePop, fixed α = 0.5 and AIS), 2 seeds, 30 steps (about 50 s of one core)."""
     base = ExperimentConfig(
         digits=2,
         sft_lr=3e-3,

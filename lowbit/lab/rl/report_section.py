@@ -1,6 +1,6 @@
 """Report section ``rl``: the AIS experiment (reward/accuracy/α/ESS curves per arm and the final table).
 
-Quick mode runs :func:`~lowbit.lab.rl.experiment.quick_config` live (the six main arms, 2 seeds, about 30 s);
+Quick mode runs :func:`~lowbit.lab.rl.experiment.quick_config` live (the six main arms, 2 seeds, about 50 s);
 full mode runs the full experiment. Either way, the saved full runs ``rl*.json`` of the report's results folder
 (written by ``lowbit rl`` / ``benchmarks/bench_rl.py``: ``rl.json`` the main run, others e.g. a dose sweep; by
 default the copies packaged with lowbit, else ``lowbit report --results DIR``) are shown too, labelled with their
