@@ -122,6 +122,15 @@ def _render(
         f"generated {html.escape(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}. Live figures are measured on this "
         f"machine; stored benchmark figures are read from {html.escape(source.describe())} and each section "
         "says which machine measured them.</p>",
+        "<h2 id='verdicts'>What lowbit found: the papers' claims</h2>",
+        html_table(
+            VERDICT_HEADER,
+            [verdict_cells(v) for v in verdicts],
+            caption="reproduced: within the stated threshold; explained: missed, but a stated model gives the "
+            "paper's figure; not reproduced: missed; not measurable here: needs hardware or a scale this machine "
+            "lacks; not measured: the section failed or was not run",
+        ),
+        "<h2 id='contents'>Contents</h2>",
         f"<nav><ul>{nav}</ul></nav>",
     ]
     for r in results:

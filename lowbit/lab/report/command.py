@@ -60,14 +60,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def print_verdicts(verdicts: list[dict[str, Any]]) -> None:
-    """Print the verdict rows of ``summary.json`` as a table sized to the terminal."""
+    """Print the verdict rows of ``summary.json`` as a table sized to the terminal; a row without a figure shows
+    why instead (the section was not run, failed, or the claim needs other hardware)."""
     from lowbit.cli_tables import print_rich_table
 
     print_rich_table(
-        "What lowbit found: the papers' claims",
+        "What lowbit found: the papers' claims (details: the report's first table)",
         ["paper", "claim", "paper's figure", "lowbit measured", "verdict", "section"],
-        [[v["paper"], v["claim"], v["paper_figure"], v["measured"], v["verdict"], v["section"]] for v in verdicts],
-    )
+        [
+            [v["paper"], v["claim"], v["paper_figure"], v["why"] if v["measured"] == "-" else v["measured"],
+             v["verdict"], v["section"]]
+            for v in verdicts
+        ],
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

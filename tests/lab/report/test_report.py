@@ -62,3 +62,38 @@ def test_report_replaces_old_output_atomically(tmp_path):
     assert summary["quick"] is True
     assert "machine" in summary and summary["machine"]["versions"]["torch"]
     assert [p.name for p in tmp_path.iterdir()] == ["rep"]  # no temporary folders left behind
+
+
+def test_page_opens_with_the_verdict_table_and_lists_the_machine(tmp_path, capsys):
+    """One cheap section: the verdict table comes before the contents and the first section, rows of the sections
+    left out say "not measured", the contents link the machine, and the terminal gets the same verdicts."""
+    out = tmp_path / "rep"
+    assert main(["report", "--quick", "--section", "formats", "--out", str(out)]) == 0
+    page = (out / "index.html").read_text(encoding="utf-8")
+    verdicts, contents = page.index("<h2 id='verdicts'>"), page.index("<h2 id='contents'>")
+    first_section = page.index('<h2 id="formats">')
+    assert verdicts < contents < first_section
+    assert page.index("<table>") > verdicts  # the first table of the page is the verdict table
+    assert page.index("<table>") < contents
+    assert '<a href="#machine">Machine and versions</a>' in page[contents:first_section]
+    assert "<h2 id='machine'>" in page
+    assert "msd (not in this report)" in page  # no dead link to a section that did not run
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {v["key"]: v for v in summary["verdicts"]}
+    assert rows["msd-int8x2"]["verdict"] == "not measured"
+    assert rows["msd-int8x2"]["why"] == "section 'msd' was not run (see lowbit report --section)"
+    assert rows["amla-speed"]["verdict"] == "not measurable here"
+    printed = capsys.readouterr().out
+    assert "What lowbit found" in printed and "section 'msd' was not run" in printed
+    assert printed.index("What lowbit found") < printed.index("report written to")
+
+
+def test_report_help_names_every_section_and_every_option_has_help():
+    parser = build_parser(["report"])
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    report = sub.choices["report"]
+    for action in report._actions:
+        assert action.help, action.option_strings
+    section_help = next(a.help for a in report._actions if "--section" in a.option_strings)
+    for section in discover_sections():
+        assert section.name in section_help

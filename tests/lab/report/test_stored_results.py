@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+
+from lowbit.cli import main
 from lowbit.lab.report import ReportConfig, Section, SectionContext, SectionOutput, build_report
 from lowbit.lab.report import build as build_module
 from lowbit.lab.report.stored import (
@@ -18,8 +20,6 @@ from lowbit.lab.report.stored import (
     results_source,
     sync_packaged,
 )
-
-from lowbit.cli import main
 
 BENCH_RESULTS = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
 
