@@ -36,9 +36,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._harness import median_time, print_table, write_results
-from lowbit.tokenize import ParallelTokenizer, fastokens_available, load_tokenizer, wrong_tokens
-from lowbit.tokenize.backends import _byte_level_lengths, make_backend
-from lowbit.tokenize.corpus import make_text
+from lowbit.lab.tokenize.corpus import make_text
+from lowbit.lab.tokenize.naive import naive_encode, wrong_tokens
+from lowbit.tokenize import ParallelTokenizer, fastokens_available, load_tokenizer
+from lowbit.tokenize.backends import make_backend
+from lowbit.tokenize.backends.fastokens import byte_level_lengths
 
 KB, MB = 1 << 10, 1 << 20
 FULL = {
@@ -117,7 +119,7 @@ def peers(name: str, loaded: Any) -> tuple[dict[str, Callable[[], Callable[[str]
         missing["fastok"] = "fastokens not installed"
     elif loaded.path is None:
         missing["fastok"] = "no vocabulary file to load into fastokens"
-    elif loaded.kind == "sentencepiece" or (loaded.kind == "hf" and _byte_level_lengths(loaded.obj) is None):
+    elif loaded.kind == "sentencepiece" or (loaded.kind == "hf" and byte_level_lengths(loaded.obj) is None):
         missing["fastok"] = "not a byte-level BPE vocabulary"
     else:
         try:
@@ -166,7 +168,7 @@ def bench_one(name: str, loaded: Any, kind: str, n_bytes: int, quick: bool) -> d
 
     with ParallelTokenizer(loaded, workers=2, backend="library", strategy="processes", min_parallel_chars=0) as pt2:
         pt2.encode_to_numpy(text[:100_000])  # start the pool (a one-off cost, not per call)
-        t_naive, (naive_ids, cuts) = timed(lambda: pt2.naive_encode(text), repeats)
+        t_naive, (naive_ids, cuts) = timed(lambda: naive_encode(pt2, text), repeats)
         row["naive2_s"] = t_naive
         row["naive_wrong"] = wrong_tokens(ref, naive_ids, cuts)
         row["naive_exact"] = bool(np.array_equal(naive_ids, ref))

@@ -30,8 +30,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._harness import print_table, write_results
+from lowbit.lab.tokenize.corpus import make_text
 from lowbit.tokenize import load_tokenizer
-from lowbit.tokenize.corpus import make_text
 
 LOWBIT = [sys.executable, "-m", "lowbit"]
 

@@ -1,7 +1,7 @@
 """``lowbit tokenize FILE... [--tokenizer NAME|PATH] [--workers N] [--out ids.npy|ids.jsonl] [--verify] [--stats]``.
 
 Reads UTF-8 files (``-`` or no FILE: stdin), encodes each with :class:`ParallelTokenizer` (identical to the
-library's sequential encode, ``../shared/papers/lopt.md``) and writes the ids atomically (temporary name, then
+library's sequential encode; method: ``docs/methods/lopt.md``) and writes the ids atomically (temporary name, then
 rename). Invalid UTF-8 is an error naming the byte offset unless ``--errors replace``.
 """
 
@@ -18,6 +18,7 @@ from typing import IO
 import numpy as np
 
 from lowbit._atomic import atomic_write
+from lowbit.tokenize.lopt import MIN_CHUNK_CHARS
 from lowbit.tokenize.parallel import EncodeStats, ParallelTokenizer, VerificationError, usable_cores
 from lowbit.tokenize.presets import PRESETS
 
@@ -29,22 +30,84 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tokenize",
         help="lossless parallel tokenization (LoPT) of files or stdin",
-        description="Token ids identical to the tokenizer's own sequential encode, computed in parallel.",
+        description=(
+            "Token ids identical to the tokenizer's own sequential encode, computed in parallel. Ids go to stdout "
+            "(one line of space-separated ids per input) unless --out is given."
+        ),
     )
     p.add_argument("files", nargs="*", type=str, help="UTF-8 text files; '-' or none reads stdin")
-    p.add_argument("--tokenizer", default="qwen2", help=f"preset ({', '.join(sorted(PRESETS))}) or a vocabulary path")
-    p.add_argument("--pattern", default=None, help="pre-tokenizer regex, needed for a .tiktoken path")
-    p.add_argument("--workers", type=int, default=None, help="worker count (default: usable cores)")
-    p.add_argument("--backend", choices=["auto", "library", "fastokens"], default="auto")
-    p.add_argument("--out", type=Path, default=None, help="write ids to .npy (one input) or .jsonl (one line each)")
+    p.add_argument(
+        "--tokenizer",
+        default="qwen2",
+        help=f"preset ({', '.join(sorted(PRESETS))}) or a vocabulary path (tokenizer.json[.gz], *.tiktoken[.gz] "
+        "with --pattern, SentencePiece *.model); default: qwen2 (Qwen2/2.5, needs the vocab extra)",
+    )
+    p.add_argument("--pattern", default=None, help="pre-tokenizer regex, needed for a .tiktoken path (default: none)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most processes or threads to use; capped at the usable cores (default: the usable cores)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "library", "fastokens"],
+        default="auto",
+        help="auto (default): fastokens when it is installed and supports the vocabulary (byte-level BPE), else "
+        "the tokenizer's own library; library: never fastokens; fastokens: fail if it cannot be used",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write ids to .npy (one input) or .jsonl (one line each); default: stdout",
+    )
     p.add_argument("--verify", action="store_true", help="re-encode sequentially and fail on any difference")
     p.add_argument("--stats", action="store_true", help="print tokens, MB/s and speedup over sequential encode")
-    p.add_argument("--errors", choices=["strict", "replace"], default="strict", help="invalid UTF-8 handling")
-    p.add_argument("--chunk-chars", type=int, default=None)
-    p.add_argument("--overlap-chars", type=int, default=None)
-    p.add_argument("--max-retries", type=int, default=None)
-    p.add_argument("--min-parallel-chars", type=int, default=32_768)
-    p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    p.add_argument(
+        "--errors",
+        choices=["strict", "replace"],
+        default="strict",
+        help="invalid UTF-8: strict (default) fails naming the byte offset; replace substitutes U+FFFD",
+    )
+    p.add_argument(
+        "--chunk-chars",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"characters per piece, at least {MIN_CHUNK_CHARS} (default: text length / (4 x workers), clamped to "
+        "16K-1M characters; 64K at most for SentencePiece)",
+    )
+    p.add_argument(
+        "--overlap-chars",
+        type=int,
+        default=None,
+        metavar="N",
+        help="characters shared by neighbouring pieces, where their tokens are matched (default: 64, 128 for "
+        "SentencePiece, at least 2 x the longest special token + 48)",
+    )
+    p.add_argument(
+        "--max-retries",
+        type=int,
+        default=None,
+        metavar="N",
+        help="times a cut without a match is retried with a larger overlap before its two pieces are encoded as "
+        "one (default: 3)",
+    )
+    p.add_argument(
+        "--min-parallel-chars",
+        type=int,
+        default=32_768,
+        metavar="N",
+        help="inputs shorter than this are one sequential library call (default: 32768)",
+    )
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help=f"never show a progress bar (default: shown on stderr for inputs of {PROGRESS_MIN_CHARS} characters "
+        "or more)",
+    )
     p.set_defaults(func=run)
 
 

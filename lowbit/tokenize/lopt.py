@@ -1,7 +1,8 @@
 """The LoPT merge: overlapping chunks, position-aware matching, enlargement, span-limited fallback.
 
-Reference: ``../shared/papers/lopt.md`` §3 (algorithm) and §4 (consistency argument). The step-by-step rule
-implemented here is our reconstruction [reconstruction]; the paper's text is not available.
+Method: ``docs/methods/lopt.md`` §3 (algorithm) and §4 (consistency argument), after "LoPT: Lossless Parallel
+Tokenization Acceleration for Long Context Inference of Large Language Model" (Shao et al., arXiv:2511.04952).
+The step-by-step rule implemented here is our reconstruction [reconstruction]; the paper's text is not available.
 
 Rule. Piece ``i`` covers ``T[s_i, e_i)``; pieces ``i`` and ``i+1`` share the window ``[s_{i+1}, e_i)``. A token
 of piece ``i``'s tail and one of piece ``i+1``'s head *match* iff they have the same id and the same span
@@ -91,18 +92,18 @@ class MergeStats:
 
 
 def make_plan(n: int, workers: int, backend: Backend, config: LoptConfig) -> Plan:
-    """Automatic chunking (lopt.md §6): ``Lc ≈ n / (4·workers)`` within [16K, 1M] chars (64K max for
-    SentencePiece, whose cost is superlinear in the chunk length); overlap at least 64 chars (128 for
-    SentencePiece) and twice the longest added token plus the excluded edges; 3 retry rounds."""
+    """Automatic chunking (lopt.md §6): ``Lc ≈ n / (4·workers)`` within [16K, ``backend.max_auto_chunk_chars``]
+    chars (1M; 64K for SentencePiece, whose cost is superlinear in the chunk length); overlap at least
+    ``backend.min_overlap_chars`` (64; 128 for SentencePiece) and twice the longest added token plus the excluded
+    edges; 3 retry rounds. ``config`` values, when given, win."""
     special = backend.longest_special_chars()
-    sp = backend.skip_head_tokens > 0
-    auto_overlap = max(128 if sp else 64, 2 * special + 48)
+    auto_overlap = max(backend.min_overlap_chars, 2 * special + 48)
     overlap = config.overlap_chars or auto_overlap
     if config.chunk_chars is not None:
         chunk = config.chunk_chars
     else:
         chunk = math.ceil(n / max(1, 4 * workers))
-        chunk = max(16_384, min(chunk, 65_536 if sp else 1 << 20))
+        chunk = max(16_384, min(chunk, backend.max_auto_chunk_chars))
     retries = 3 if config.max_retries is None else config.max_retries
     return Plan(chunk, overlap, retries)
 
@@ -274,45 +275,3 @@ def _merge(bounds: list[list[int]], encs: list[ChunkEncoding | None], failing: S
     bounds[:] = new_bounds
     encs[:] = new_encs
     return merged_chars
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the lossy baseline, for comparison (benchmarks and the report)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def naive_encode(text: str, run: RunFn, chunk_chars: int) -> tuple[np.ndarray, list[int]]:
-    """Naive parallel tokenization: cut every ``chunk_chars`` characters, encode, concatenate (lopt.md §2).
-
-    Lossy: returns the ids and the token index of every cut, so the damage can be counted. Not used by LoPT.
-    """
-    if chunk_chars < 1:
-        raise ValueError(f"chunk_chars: expected a positive int, got {chunk_chars!r}")
-    pieces = [Piece(text[s : s + chunk_chars], 0, 0) for s in range(0, max(1, len(text)), chunk_chars)]
-    encs = run(pieces)
-    cuts = list(np.cumsum([len(e.ids) for e in encs])[:-1].tolist())
-    return np.concatenate([e.ids for e in encs]), cuts
-
-
-def wrong_tokens(reference: np.ndarray, naive: np.ndarray, cuts: Sequence[int], window: int = 64) -> int:
-    """Tokens of ``reference`` that the naive concatenation does not reproduce, counted near each cut.
-
-    Naive chunks only differ from the reference near their cuts, so each cut's neighbourhood (``window`` tokens
-    each side) is aligned with ``difflib`` and the unmatched reference tokens are summed; the running length
-    difference keeps the windows aligned.
-    """
-    import difflib
-
-    wrong = 0
-    drift = 0  # reference index minus naive index, before the current cut
-    for c in cuts:
-        a = max(0, c - window)
-        nw = naive[a : c + window].tolist()
-        ra = max(0, a + drift)
-        rw = reference[ra : c + window + drift].tolist()
-        blocks = [b for b in difflib.SequenceMatcher(None, nw, rw, autojunk=False).get_matching_blocks() if b.size]
-        wrong += len(rw) - sum(b.size for b in blocks)
-        if blocks:
-            last = blocks[-1]
-            drift = (ra + last.b) - (a + last.a)
-    return wrong

@@ -1,14 +1,16 @@
 """``ParallelTokenizer``: lossless parallel tokenization of long texts (LoPT).
 
-Reference: ``../shared/papers/lopt.md``. The contract: ``encode(text)`` equals the wrapped library's own
-sequential call (``Tokenizer.encode(text, add_special_tokens=False).ids``, ``Encoding.encode_ordinary(text)``
-or ``encode(text, allowed_special=...)``, ``SentencePieceProcessor.encode(text)``) token for token.
+Method: ``docs/methods/lopt.md`` (LoPT: Lossless Parallel Tokenization Acceleration for Long Context Inference
+of Large Language Model, Shao et al., arXiv:2511.04952). The contract: ``encode(text)`` equals the wrapped
+library's own sequential call (``Tokenizer.encode(text, add_special_tokens=False).ids``,
+``Encoding.encode_ordinary(text)`` or ``encode(text, allowed_special=...)``, ``SentencePieceProcessor.encode(text)``)
+token for token. Everything that differs between libraries is a rule of the backend
+(:mod:`lowbit.tokenize.backends`); this module never asks which library it wraps.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -20,29 +22,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lowbit.tokenize.backends import (
-    ChunkEncoding,
-    FastokensBackend,
-    HFBackend,
-    Piece,
-    SentencePieceBackend,
-    TiktokenBackend,
-    make_backend,
-)
-from lowbit.tokenize.lopt import (
-    MIN_CHUNK_CHARS,
-    LoptConfig,
-    MergeStats,
-    Plan,
-    lossless_encode,
-    make_plan,
-    naive_encode,
-)
+from lowbit.tokenize.backends import ChunkEncoding, Piece, make_backend
+from lowbit.tokenize.backends.base import has_surrogate
+from lowbit.tokenize.lopt import MIN_CHUNK_CHARS, LoptConfig, MergeStats, Plan, lossless_encode, make_plan
 from lowbit.tokenize.worker import encode_pieces, init_worker
 
 Strategy = Literal["auto", "direct", "processes", "threads", "inline", "executor"]
 ProgressFn = Callable[[int, int], None]
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class VerificationError(RuntimeError):
@@ -100,7 +86,7 @@ class ParallelTokenizer:
     re-encoding, so smaller chunks make the work grow far beyond the text's (``chunk_chars=1`` took over a minute
     for 100K characters, 100K tasks; 256 takes 0.6 s).
 
-    >>> with ParallelTokenizer("cl100k", workers=2) as pt:     # doctest: +SKIP
+    >>> with ParallelTokenizer("cl100k", workers=2) as pt:
     ...     pt.encode("Hello world, tokenization!")
     [9906, 1917, 11, 4037, 2065, 0]
     """
@@ -149,24 +135,15 @@ class ParallelTokenizer:
             strategy = "executor"
         # A caller's executor may span machines; our own processes and threads share this one's cores.
         self.parallelism: int = workers if strategy == "executor" else min(workers, usable_cores())
-        if strategy == "auto":
-            if isinstance(self.backend, FastokensBackend):
-                # fastokens already spreads one long input over the cores; on few cores chunking it again only
-                # adds work (measured in benchmarks/bench_tokenize.py), so the default is one direct call.
-                strategy = "direct"
-            elif isinstance(self.backend, HFBackend | SentencePieceBackend) and self.parallelism > 1:
-                # HF encode_batch (rayon) and SentencePiece's num_threads batch run chunks without the GIL and
-                # beat the process pool in benchmarks/results/tokenize.json (column thr2 vs lopt2).
-                strategy = "threads"
-            else:
-                strategy = "processes" if self.parallelism > 1 else "inline"
-        if strategy == "processes" and isinstance(self.backend, FastokensBackend):
-            raise ValueError("strategy: the fastokens backend runs in-process; use 'threads' or backend='library'")
-        self.strategy: str = strategy
+        self.strategy: str = self.backend.default_strategy(self.parallelism) if strategy == "auto" else strategy
+        if self.strategy == "processes" and self.backend.in_process_only:
+            raise ValueError(
+                f"strategy: the {self.backend.name} backend runs in-process; use 'threads' or backend='library'"
+            )
         self._pool: ProcessPoolExecutor | None = None
         self._pool_size = 0
         self._token = uuid.uuid4().hex
-        self._spec = self.backend.spec() if strategy == "executor" else None
+        self._spec = self.backend.spec() if self.strategy == "executor" else None
         self._closed = False
         if start_method is None:
             start_method = "fork" if "fork" in get_all_start_methods() else "spawn"
@@ -186,20 +163,19 @@ class ParallelTokenizer:
         ``add_special_tokens`` adds BOS/EOS or the template's tokens once, after merging.
         ``on_progress(done_chars, total_chars)`` is called as chunks finish.
 
-        >>> ParallelTokenizer("qwen2", workers=1).encode("Hello world, tokenization!")   # doctest: +SKIP
+        >>> ParallelTokenizer("qwen2", workers=1).encode("Hello world, tokenization!")
         [9707, 1879, 11, 3950, 2022, 0]
         """
         if (
             isinstance(text, str)
             and len(text) < self.config.min_parallel_chars
             and not (add_special_tokens or self.verify or self._closed)
-            and not isinstance(self.backend, FastokensBackend)
-            and _SURROGATE.search(text) is None
+            and self.backend.short_texts_by_reference
+            and not has_surrogate(text)
         ):
             # Below the threshold: the library's own call, returning its own list (no numpy round trip), so
             # short inputs pay no measurable overhead.
-            if isinstance(self.backend, TiktokenBackend):
-                self.backend.check_disallowed(text)
+            self.backend.check_disallowed(text)
             if on_progress:
                 on_progress(len(text), len(text))
             return self.backend.reference(text)
@@ -237,7 +213,7 @@ class ParallelTokenizer:
         ]
         if short:
             for i in short:
-                self._check_disallowed(checked[i])
+                self.backend.check_disallowed(checked[i])
             threads = self.parallelism if self.strategy != "inline" else 1
             group = 4096  # bounds the memory of one native batch call
             for g in range(0, len(short), group):
@@ -268,7 +244,7 @@ class ParallelTokenizer:
             if on_progress:
                 on_progress(n, n)
         else:
-            self._check_disallowed(text)
+            self.backend.check_disallowed(text)  # the pieces skip it: once, on the whole text
             plan = make_plan(n, self.parallelism, self.backend, self.config)
             run = self._runner(n, on_progress)
             ids, merge = lossless_encode(text, self.backend, run, plan, self.config.min_match_tokens)
@@ -279,14 +255,15 @@ class ParallelTokenizer:
             ids = self._add_special(ids)
         return ids, stats
 
-    def naive_encode(self, text: str, *, chunk_chars: int | None = None) -> tuple[np.ndarray, list[int]]:
-        """The lossy baseline on the same workers: cut, encode, concatenate (for benchmarks and reports only).
+    def encode_chunks(self, pieces: Sequence[Piece]) -> list[ChunkEncoding]:
+        """Encode independent pieces on this tokenizer's workers and strategy, in order, without merging.
 
-        Returns the ids and the token index of each cut; see :func:`lowbit.tokenize.lopt.wrong_tokens`.
+        Each result holds the piece's own sequential ids and its edge spans (:class:`ChunkEncoding`); the LoPT
+        merge is built on this call, and so is the lab's naive cut-and-concatenate baseline.
         """
-        text = self._check_text(text)
-        chunk = chunk_chars or make_plan(len(text), self.parallelism, self.backend, self.config).chunk_chars
-        return naive_encode(text, self._runner(len(text), None), chunk)
+        if self._closed:
+            raise ValueError("ParallelTokenizer is closed")
+        return self._runner(sum(len(p.text) for p in pieces), None)(pieces)
 
     # ---------------------------------------------------------------------------------------------------------
     # lifecycle
@@ -328,27 +305,10 @@ class ParallelTokenizer:
     # ---------------------------------------------------------------------------------------------------------
 
     def _check_text(self, text: Any) -> str:
+        """A ``str``, checked (and for tiktoken repaired) by the backend's rule for lone surrogates."""
         if not isinstance(text, str):
             raise TypeError(f"text: expected str, got {type(text).__name__}")
-        m = _SURROGATE.search(text)
-        if m is not None:
-            if isinstance(self.backend, TiktokenBackend | FastokensBackend) and (
-                not isinstance(self.backend, FastokensBackend) or isinstance(self.backend.ref, TiktokenBackend)
-            ):
-                # tiktoken itself replaces lone surrogates by U+FFFD (via a UTF-16 round trip): do the same once.
-                return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-            raise ValueError(
-                f"text: lone surrogate {m.group()!r} at character {m.start()} cannot be encoded as UTF-8; "
-                "clean it first, e.g. text.encode('utf-8', 'replace').decode()"
-            )
-        return text
-
-    def _check_disallowed(self, text: str) -> None:
-        """tiktoken's special-token check (raises like the library does) for a tiktoken vocabulary, direct or
-        under fastokens; the pieces skip it, so it runs once on the whole text."""
-        b = self.backend.ref if isinstance(self.backend, FastokensBackend) else self.backend
-        if isinstance(b, TiktokenBackend):
-            b.check_disallowed(text)
+        return self.backend.check_text(text)
 
     def _runner(self, n: int, on_progress: ProgressFn | None) -> Callable[[Sequence[Piece]], list[ChunkEncoding]]:
         done = [0]
@@ -457,20 +417,5 @@ class ParallelTokenizer:
             )
 
     def _add_special(self, ids: np.ndarray) -> np.ndarray:
-        b = self.backend.ref if isinstance(self.backend, FastokensBackend) else self.backend
-        if isinstance(b, HFBackend):
-            probe = "a"
-            plain = b.tok.encode(probe, add_special_tokens=False).ids
-            full = b.tok.encode(probe, add_special_tokens=True).ids
-            for i in range(len(full) - len(plain) + 1):
-                if full[i : i + len(plain)] == plain:
-                    prefix, suffix = full[:i], full[i + len(plain) :]
-                    break
-            else:  # pragma: no cover - a template that rewrites the content
-                raise ValueError("add_special_tokens: this tokenizer's post-processor is not a simple template")
-        elif isinstance(b, SentencePieceBackend):
-            prefix = [b.sp.bos_id()] if b.sp.bos_id() >= 0 else []
-            suffix = []
-        else:
-            raise ValueError("add_special_tokens: tiktoken encodings define no BOS/EOS; add them yourself")
+        prefix, suffix = self.backend.special_affixes()
         return np.concatenate([np.asarray(prefix, np.uint32), ids, np.asarray(suffix, np.uint32)])

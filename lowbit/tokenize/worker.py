@@ -1,9 +1,10 @@
 """Code that runs inside worker processes (own pool or any ``concurrent.futures.Executor``).
 
-A worker process builds its backend once and keeps it for the life of the process (lopt.md §6 lesson 1): in
-the own pool the initializer installs it; on a foreign executor (e.g. Dask) the first task carrying a spec
-builds it. The per-process cache below is the only module-level state in ``lowbit.tokenize``; it lives in
-worker processes, is keyed by the spec's identity token, and never changes a result.
+A worker process builds its backend once and keeps it for the life of the process (``docs/methods/lopt.md`` §6,
+lesson 1): in the own pool the initializer installs it; on a foreign executor (e.g. Dask) the first task carrying
+a spec builds it (``BackendSpec.kind`` names the backend class, whose ``from_spec`` rebuilds it). The
+per-process cache below is the only module-level state in ``lowbit.tokenize``; it lives in worker processes, is
+keyed by the spec's identity token, and never changes a result.
 """
 
 from __future__ import annotations

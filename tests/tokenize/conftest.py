@@ -51,7 +51,7 @@ def reference(obj: Any, text: str, allowed_special: Any = None) -> list[int]:
 
 @pytest.fixture(scope="session")
 def get_backend(get_preset: Any) -> Any:
-    from lowbit.tokenize import make_backend
+    from lowbit.tokenize.backends import make_backend
 
     cache: dict[tuple[str, str], Any] = {}
 

@@ -1,17 +1,16 @@
-"""The ``lowbit tokenize`` command and the report section."""
+"""The ``lowbit tokenize`` command (the report section is tested in ``tests/lab/tokenize``)."""
 
 from __future__ import annotations
 
 import io
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lowbit.cli import main
-from lowbit.tokenize.corpus import make_text
+from lowbit.lab.tokenize.corpus import make_text
 
 from .conftest import reference
 
@@ -89,17 +88,6 @@ def test_cli_bad_arguments(tmp_path, capsys):
     assert main(["tokenize", str(tmp_path / "missing.txt")]) == 2
 
 
-def test_report_section_quick(tmp_path):
-    from lowbit.lab.report.section import SectionContext
-    from lowbit.tokenize.report_section import SECTION
-
-    assert SECTION.name == "tokenize" and SECTION.order == 20
-    out = SECTION.run(SectionContext(quick=True, seed=0, out_dir=Path(tmp_path)))
-    assert out.summary["all_exact"] is True
-    assert any("<table>" in b for b in out.blocks) and any("data:image/png" in b for b in out.blocks)
-    json.dumps(out.summary)
-
-
 @pytest.mark.slow
 def test_large_file_memory_bounded(tmp_path, get_preset):
     """A 20 MB file: peak memory stays a small multiple of the text (no per-chunk copies of the whole text)."""
@@ -114,3 +102,17 @@ def test_large_file_memory_bounded(tmp_path, get_preset):
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mb < 400  # text (20 MB str + 20 MB bytes) + ids (~5M x 4 B) + slack; not O(chunks x text)
     assert np.load(out).tolist() == get_preset("cl100k").obj.encode_ordinary(text)
+
+
+def test_every_option_has_help_and_the_default_tokenizer_is_named():
+    import argparse
+
+    from lowbit.tokenize.command import register
+
+    parser = argparse.ArgumentParser(prog="lowbit")
+    register(parser.add_subparsers())
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["tokenize"]
+    for action in sub._actions:
+        assert action.help and action.help.strip(), action.option_strings or action.dest
+    text = sub.format_help()
+    assert "default: qwen2" in text and "--chunk-chars" in text and "at least 256" in text

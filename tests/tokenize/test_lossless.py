@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowbit.tokenize import LoptConfig, fastokens_available, lossless_encode, make_plan
-from lowbit.tokenize.corpus import make_text
+from lowbit.lab.tokenize.corpus import make_text
+from lowbit.tokenize import fastokens_available
+from lowbit.tokenize.lopt import LoptConfig, lossless_encode, make_plan
 
 from .conftest import ALL_PRESETS, reference
 

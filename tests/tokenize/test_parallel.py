@@ -10,9 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from lowbit.tokenize import ParallelTokenizer, VerificationError, fastokens_available, usable_cores
+from lowbit.lab.tokenize.corpus import make_text
+from lowbit.tokenize import ParallelTokenizer, VerificationError, fastokens_available
 from lowbit.tokenize.backends import ChunkEncoding
-from lowbit.tokenize.corpus import make_text
+from lowbit.tokenize.parallel import usable_cores
 
 from .conftest import reference
 

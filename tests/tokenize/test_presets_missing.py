@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -72,37 +71,13 @@ def test_bert_ships_with_lowbit(without):
 
 
 def test_bert_from_the_bundled_file_in_worker_processes():
-    from lowbit.tokenize import ParallelTokenizer, make_backend
-    from lowbit.tokenize.backends import backend_from_spec
+    from lowbit.tokenize import ParallelTokenizer
+    from lowbit.tokenize.backends import backend_from_spec, make_backend
 
     tok = load_tokenizer("bert")
     spec = make_backend(tok, backend="library")[0].spec()
-    assert spec.payload[:2] == ("file", str(BERT_TOKENIZER))  # workers reload the .json.gz by path
+    assert (spec.kind, spec.path) == ("hf", str(BERT_TOKENIZER))  # workers reload the .json.gz by path
     text = "Hello world, tokenization! " * 400
     assert backend_from_spec(spec).reference(text) == tok.encode(text)
     with ParallelTokenizer(tok, workers=2, backend="library", strategy="processes") as pt:
         assert pt.encode(text) == tok.encode(text)
-
-
-def test_report_skips_presets_whose_package_is_missing(without, monkeypatch, tmp_path):
-    from lowbit.lab.report.section import SectionContext
-    from lowbit.tokenize import report_section
-
-    without("mistral_common")
-    monkeypatch.setattr(report_section, "TOKENIZERS", ("bert", "mistral-v1"))
-    out = report_section.run(SectionContext(quick=True, seed=0, out_dir=Path(tmp_path)))
-    page = "\n".join(out.blocks)
-    assert "mistral-v1: SKIPPED" in page and "pip install --no-deps" in page
-    assert out.summary["skipped"] == {"mistral-v1": MISTRAL_INSTALL}
-    assert "mistral-v1" not in out.summary and out.summary["bert"]["exact"] and out.summary["all_exact"]
-
-
-def test_report_with_every_package_missing_still_passes(without, monkeypatch, tmp_path):
-    from lowbit.lab.report.section import SectionContext
-    from lowbit.tokenize import report_section
-
-    without("mistral_common")
-    monkeypatch.setattr(report_section, "TOKENIZERS", ("mistral-v1",))
-    out = report_section.run(SectionContext(quick=True, seed=0, out_dir=Path(tmp_path)))
-    assert out.summary["skipped"] == {"mistral-v1": MISTRAL_INSTALL}
-    assert any("No tokenizer could be measured" in b for b in out.blocks)

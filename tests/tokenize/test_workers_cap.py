@@ -10,9 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import lowbit.tokenize.parallel as par
-from lowbit.tokenize import ParallelTokenizer, usable_cores
-from lowbit.tokenize.corpus import make_text
+from lowbit.lab.tokenize.corpus import make_text
+from lowbit.tokenize import ParallelTokenizer
 from lowbit.tokenize.lopt import MIN_CHUNK_CHARS, LoptConfig, make_plan
+from lowbit.tokenize.parallel import usable_cores
 
 from .conftest import reference
 
@@ -115,7 +116,7 @@ def test_chunk_chars_at_the_minimum_is_exact(get_preset, text):
 
 def test_the_merge_itself_still_takes_tiny_chunks(get_preset, get_backend):
     """LoptConfig is the algorithm's knob: the merge tests rely on chunks of a few characters."""
-    from lowbit.tokenize import lossless_encode
+    from lowbit.tokenize.lopt import lossless_encode
 
     tok, backend = get_preset("cl100k"), get_backend("cl100k")
     text = make_text("mixed", 600, seed=2)

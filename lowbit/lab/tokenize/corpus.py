@@ -19,7 +19,7 @@ KINDS = ("prose", "code", "chinese", "mixed")
 
 def sentences() -> dict[str, list[str]]:
     """The bundled sentences per language code (``zh``, ``ja``, ``ru``, ``ar``, ``de``, ``emoji``, ``en``)."""
-    raw = resources.files("lowbit.tokenize").joinpath("data/multilang.json").read_text(encoding="utf-8")
+    raw = resources.files("lowbit.lab.tokenize").joinpath("data/multilang.json").read_text(encoding="utf-8")
     data = json.loads(raw)
     return {k: v for k, v in data.items() if isinstance(v, list)}
 

@@ -1,6 +1,7 @@
 """Report section: LoPT exactness and speedup per tokenizer on the bundled multi-language corpus.
 
-Reference: the LoPT method note (lopt.md; Shao et al., arXiv:2511.04952). Every LoPT result is compared with
+Method: ``docs/methods/lopt.md`` ("LoPT: Lossless Parallel Tokenization Acceleration for Long Context Inference of
+Large Language Model", Shao et al., arXiv:2511.04952). Every LoPT result is compared with
 the library's own sequential encode called directly; the naive cut-and-concatenate baseline is shown with its count
 of wrong tokens. A tokenizer whose vocabulary package is not installed (e.g. ``mistral-common``) is skipped with a
 note naming the command that installs it.
@@ -13,10 +14,10 @@ import time
 import numpy as np
 
 from lowbit.lab.report.section import Section, SectionContext, SectionOutput
-from lowbit.tokenize.corpus import make_text
-from lowbit.tokenize.lopt import wrong_tokens
-from lowbit.tokenize.parallel import ParallelTokenizer
-from lowbit.tokenize.presets import load_tokenizer, missing_package
+from lowbit.lab.tokenize.corpus import make_text
+from lowbit.lab.tokenize.naive import naive_encode, wrong_tokens
+from lowbit.tokenize import ParallelTokenizer, load_tokenizer
+from lowbit.tokenize.presets import missing_package
 
 TOKENIZERS = ("cl100k", "qwen3.5", "deepseek-v4", "bert", "mistral-v1")
 
@@ -41,7 +42,7 @@ def run(ctx: SectionContext) -> SectionOutput:
     out.text(
         f"Corpus: {len(text)} characters ({mb:.2f} MB UTF-8) of English prose and Python source from the running "
         "interpreter's standard library, generated Chinese, Japanese, Russian, Arabic, German and emoji text "
-        "(lowbit/tokenize/data/multilang.json, CC0). LoPT runs on the library backend with 2 workers; "
+        "(lowbit/lab/tokenize/data/multilang.json, CC0). LoPT runs on the library backend with 2 workers; "
         "'exact' compares with the library's own sequential encode. Times are single runs on a shared machine: "
         "see benchmarks/bench_tokenize.py for medians."
     )
@@ -62,7 +63,7 @@ def run(ctx: SectionContext) -> SectionOutput:
         ref = np.asarray(ref_list, dtype=np.uint32)
         with ParallelTokenizer(tok, workers=2, backend="library", strategy="threads") as pt:
             t_lopt, (ids, stats) = _time(lambda pt=pt: pt.encode_with_stats(text))
-            naive, cuts = pt.naive_encode(text)
+            naive, cuts = naive_encode(pt, text)
         exact = bool(np.array_equal(ids, ref))
         wrong = wrong_tokens(ref, naive, cuts)
         merge = stats.merge

@@ -1,0 +1,137 @@
+"""HF ``tokenizers``: ``tokenizers.Tokenizer`` (also what ``PreTrainedTokenizerFast`` wraps); character offsets.
+
+Reference: ``encode(text, add_special_tokens=False).ids``. Rules of its own: the default strategy runs the chunks
+through the library's multi-threaded ``encode_batch``; ``add_special_tokens`` adds the post-processor's template
+tokens; a tokenizer.json's padding and truncation are switched off (``docs/methods/lopt.md`` §5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from lowbit.tokenize.backends.base import Backend, BackendSpec, ChunkEncoding, Piece, Unit
+from lowbit.tokenize.presets import LoadedTokenizer
+
+
+class HFBackend(Backend):
+    """``tokenizers.Tokenizer``; spans from its character offsets of the edge tokens. Build with
+    :meth:`from_tokenizer`."""
+
+    unit: Unit = "char"
+    native_threads = True
+    library: ClassVar[str] = "tokenizers"
+    kind: ClassVar[str] = "hf"
+
+    def __init__(self, tok: Any, *, source: LoadedTokenizer | None = None) -> None:
+        from tokenizers import Tokenizer
+
+        if not isinstance(tok, Tokenizer):
+            raise TypeError(f"tokenizer: expected tokenizers.Tokenizer, got {type(tok).__name__}")
+        # A tokenizer.json may carry padding/truncation (lopt.md §5): work on a copy with both off.
+        self.tok = Tokenizer.from_str(tok.to_str())
+        self.tok.no_padding()
+        self.tok.no_truncation()
+        self.source = source
+        self.name = source.name if source else "tokenizers"
+
+    @classmethod
+    def from_tokenizer(cls, tok: Any, *, source: LoadedTokenizer | None = None) -> HFBackend:
+        """Wrap a ``tokenizers.Tokenizer`` (a copy with padding and truncation off)."""
+        return cls(tok, source=source)
+
+    @classmethod
+    def from_object(cls, obj: Any, *, source: Any = None, allowed_special: Any = None) -> HFBackend:
+        return cls.from_tokenizer(obj, source=source)
+
+    @classmethod
+    def from_spec(cls, spec: BackendSpec) -> HFBackend:
+        if spec.path is not None:
+            from lowbit.tokenize.presets import hf_from_file
+
+            loaded = hf_from_file(spec.path, name=spec.name)
+            return cls.from_tokenizer(loaded.obj, source=loaded)
+        from tokenizers import Tokenizer
+
+        return cls.from_tokenizer(Tokenizer.from_str(spec.data))
+
+    def spec(self) -> BackendSpec:
+        src = self.source
+        if src is not None and src.path is not None:
+            return BackendSpec(self.kind, src.name, path=str(src.path))
+        return BackendSpec(self.kind, self.name, data=self.tok.to_str())
+
+    # -- rules ---------------------------------------------------------------------------------------------------
+
+    def longest_special_chars(self) -> int:
+        return max((len(t.content) for t in self.tok.get_added_tokens_decoder().values()), default=0)
+
+    def default_strategy(self, parallelism: int) -> str:
+        """``"threads"``: ``encode_batch`` (rayon) runs chunks without the GIL and beat the process pool in the
+        tokenize benchmark (docs/tokenize.md, Performance); ``"inline"`` with one worker."""
+        return "threads" if parallelism > 1 else "inline"
+
+    def special_affixes(self) -> tuple[list[int], list[int]]:
+        """The post-processor's template around the text: found by encoding a probe with and without it."""
+        probe = "a"
+        plain = self.tok.encode(probe, add_special_tokens=False).ids
+        full = self.tok.encode(probe, add_special_tokens=True).ids
+        for i in range(len(full) - len(plain) + 1):
+            if full[i : i + len(plain)] == plain:
+                return full[:i], full[i + len(plain) :]
+        raise ValueError(  # pragma: no cover - a template that rewrites the content
+            "add_special_tokens: this tokenizer's post-processor is not a simple template"
+        )
+
+    # -- encoding ------------------------------------------------------------------------------------------------
+
+    def reference(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_chunks(self, pieces: Sequence[Piece], threads: int) -> list[ChunkEncoding]:
+        texts = [p.text for p in pieces]
+        if len(texts) == 1:
+            encs = [self.tok.encode(texts[0], add_special_tokens=False)]
+        else:
+            encs = self.tok.encode_batch(texts, add_special_tokens=False)
+        return [self._edges(e, p) for e, p in zip(encs, pieces, strict=True)]
+
+    @staticmethod
+    def _edges(enc: Any, piece: Piece) -> ChunkEncoding:
+        ids = np.asarray(enc.ids, dtype=np.uint32)
+        n = len(ids)
+        hs: list[int] = []
+        he: list[int] = []
+        if piece.left_window:
+            i = 0
+            while i < n:
+                s, e = enc.token_to_chars(i) or (0, 0)
+                if s >= piece.left_window:
+                    break
+                hs.append(s)
+                he.append(e)
+                i += 1
+        ts: list[int] = []
+        te: list[int] = []
+        tail_index = n
+        if piece.right_window:
+            w0 = len(piece.text) - piece.right_window
+            i = n - 1
+            while i >= 0:
+                s, e = enc.token_to_chars(i) or (0, 0)
+                if e <= w0:
+                    break
+                ts.append(s - w0)
+                te.append(e - w0)
+                i -= 1
+            tail_index = i + 1
+        return ChunkEncoding(
+            ids,
+            np.asarray(hs, dtype=np.int64),
+            np.asarray(he, dtype=np.int64),
+            tail_index,
+            np.asarray(ts[::-1], dtype=np.int64),
+            np.asarray(te[::-1], dtype=np.int64),
+        )
