@@ -101,7 +101,7 @@ def run_blocks(blocks: list[Block], filename: str) -> int:
 def test_python_blocks_run(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     blocks = python_blocks(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
     if not any(b.skip_reason is None for b in blocks):
-        pytest.skip("no python blocks to run")
+        return  # nothing to run (a page of prose and tables)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     run_blocks(blocks, str(path))
