@@ -62,6 +62,12 @@ def test_report_replaces_old_output_atomically(tmp_path):
     assert summary["quick"] is True
     assert "machine" in summary and summary["machine"]["versions"]["torch"]
     assert [p.name for p in tmp_path.iterdir()] == ["rep"]  # no temporary folders left behind
+    # every claim of a section that ran finds its figures: the verdicts follow the sections' summary keys
+    verdicts = {v["key"]: v for v in summary["verdicts"]}
+    for key in ("msd-int8x2", "msd-mxfp8", "msd-mxfp4x2", "msd-accuracy-int8", "msd-kv-traffic", "amla-error"):
+        assert verdicts[key]["verdict"] != "not measured", verdicts[key]
+    for key in ("ais-vs-uncorrected", "ais-vs-tis"):
+        assert verdicts[key]["verdict"] != "not measured", verdicts[key]
 
 
 def test_page_opens_with_the_verdict_table_and_lists_the_machine(tmp_path, capsys):
