@@ -61,7 +61,7 @@ class SectionResult:
 
 
 def discover_sections() -> list[Section]:
-    """Every ``SECTION`` of a ``lowbit.<capability>.report_section[_*]`` module, in ``order``."""
+    """Every ``SECTION`` of a ``lowbit.lab.<capability>.report_section[_*]`` module, in ``order``."""
     sections = [m.SECTION for m in capability_modules("report_section")]
     names = [s.name for s in sections]
     duplicated = {n for n in names if names.count(n) > 1}
