@@ -6,7 +6,8 @@ Every Linear weight of the copy is fake-quantized (``docs/methods/ais.md`` §9):
     q = fp8(x / s) · s      (round to nearest even, saturating; f_max = 448 for E4M3, 57344 for E5M2)
 
 and, at the strongest doses, the input of every Linear is quantized the same way per token (dynamic
-scales). The rounding is :func:`lowbit.formats.fp8_cast_native` (RNE, saturating). Embeddings and
+scales). The quantizer is the library's (:mod:`lowbit.rl.rollout_precision`, shared with
+``lowbit.rl.trl.GRPOTrainer``); this module applies it to the lab's GPT. Embeddings and
 LayerNorms stay in float32, as in FP8 serving engines. The copy is rebuilt from
 the trainer's weights at every step (weight sync). Sampling is at temperature 1 over the full vocabulary
 (no top-k/top-p: truncated supports bias every ratio, TRL #6789), and ``log μ`` of each sampled token is
@@ -16,67 +17,20 @@ recorded at sampling time.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from types import MappingProxyType
 
 import torch
 
-from lowbit.formats import ELEMENT_FORMATS, fp8_cast_native
 from lowbit.lab.rl.model import GPT
 from lowbit.lab.rl.task import EOS
+from lowbit.rl.rollout_precision import PRECISIONS, fake_quant
+from lowbit.rl.rollout_precision import RolloutPrecision as QuantStrength
 
 __all__ = ["STRENGTHS", "QuantStrength", "Rollout", "fake_quant", "generate", "quantized_copy"]
 
-_FP8 = ("e4m3", "e5m2")
-
-
-@dataclass(frozen=True)
-class QuantStrength:
-    """A quantization dose: FP8 element (``e4m3``/``e5m2``), weight-scale granularity, activation quantization."""
-
-    element: str = "e4m3"
-    granularity: str = "channel"
-    activations: bool = False
-
-    def __post_init__(self) -> None:
-        if self.element not in _FP8:
-            raise ValueError(f"element must be one of {sorted(_FP8)}, got {self.element!r}")
-        if self.granularity not in ("channel", "tensor"):
-            raise ValueError(f"granularity must be 'channel' or 'tensor', got {self.granularity!r}")
-
-    @property
-    def name(self) -> str:
-        return f"{self.element}-{self.granularity}" + ("-act" if self.activations else "")
-
-
-#: Doses from mild to strong (docs/methods/ais.md §9 "Dose knob").
-STRENGTHS: Mapping[str, QuantStrength] = MappingProxyType(
-    {
-        s.name: s
-        for s in (
-            QuantStrength("e4m3", "channel"),
-            QuantStrength("e4m3", "tensor"),
-            QuantStrength("e5m2", "channel"),
-            QuantStrength("e5m2", "tensor"),
-            QuantStrength("e4m3", "channel", activations=True),
-            QuantStrength("e5m2", "channel", activations=True),
-            QuantStrength("e5m2", "tensor", activations=True),
-        )
-    }
-)
-
-
-def fake_quant(x: torch.Tensor, element: str, *, dim: int | None) -> torch.Tensor:
-    """``fp8(x/s)·s`` with ``s = amax/f_max`` taken over ``dim`` (kept) or the whole tensor (``dim=None``)."""
-    if element not in _FP8:
-        raise ValueError(f"element must be one of {sorted(_FP8)}, got {element!r}")
-    fmax = ELEMENT_FORMATS[element].max_normal
-    amax = x.abs().amax() if dim is None else x.abs().amax(dim=dim, keepdim=True)
-    s = torch.where(amax > 0, amax / fmax, torch.ones_like(amax))
-    # The fast path of lowbit.formats (torch's RNE cast, tested bit-exact against fp8_cast there and here).
-    return fp8_cast_native(x / s, element, saturate=True).to(x.dtype) * s
+#: Doses from mild to strong (docs/methods/ais.md §9 "Dose knob"); the library's table of rollout precisions.
+STRENGTHS = PRECISIONS
 
 
 @dataclass(frozen=True)
