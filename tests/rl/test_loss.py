@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lowbit.rl import LOSS_AGGREGATIONS, CorrectionConfig, compute_policy_loss_ais, correction, policy_loss
+from lowbit.rl import LOSS_AGGREGATIONS, CorrectionConfig, correction, policy_loss
 from lowbit.rl.loss import aggregate
 
 
@@ -136,23 +136,6 @@ def test_all_masked_loss_is_zero_with_zero_grad():
     loss, _ = policy_loss(x, x.detach(), x.detach() - 3, torch.ones(2), torch.zeros(2, 3, dtype=torch.bool))
     loss.backward()
     assert float(loss.detach()) == 0.0 and torch.equal(x.grad, torch.zeros(2, 3))
-
-
-def test_verl_style_function_matches_policy_loss():
-    logits, tokens, mask, roll, adv = _batch()
-    logp = _logp(logits, tokens)
-    old = logp.detach()
-    cfg = {"clip_ratio_low": 0.2, "clip_ratio_high": 0.28, "ais": {"mode": "ais", "cap": 2.0}}
-    loss, metrics = compute_policy_loss_ais(old, logp, adv, mask, "seq-mean-token-mean", cfg, rollout_log_probs=roll)
-    ref, ref_m = policy_loss(
-        logp, old, roll, adv, mask, config=CorrectionConfig(mode="ais"), loss_agg="seq-mean-token-mean"
-    )
-    assert torch.equal(loss, ref)
-    assert metrics["rollout_corr/alpha"] == ref_m["alpha"] and "actor/pg_clipfrac" in metrics
-    with pytest.raises(ValueError, match="rollout_log_probs"):
-        compute_policy_loss_ais(old, logp, adv, mask, "token-mean", cfg)
-    with pytest.raises(ValueError, match="stateless"):
-        compute_policy_loss_ais(old, logp, adv, mask, "token-mean", {"ais": {"ema": 0.5}}, rollout_log_probs=roll)
 
 
 def test_bad_arguments_are_clear_errors():
