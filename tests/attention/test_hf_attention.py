@@ -9,7 +9,7 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from transformers import AutoModelForCausalLM, AttentionInterface, DynamicCache, LlamaConfig  # noqa: E402
+from transformers import AttentionInterface, AutoModelForCausalLM, DynamicCache, LlamaConfig  # noqa: E402
 from transformers.masking_utils import AttentionMaskInterface  # noqa: E402
 
 from lowbit.attention import Int8KVCache, Int8KVConfig, MSDAttentionConfig, use_msd_attention  # noqa: E402
@@ -219,7 +219,7 @@ def test_gemm_backends_give_identical_logits_and_no_cache_runs_the_same_kernel(m
 @torch.no_grad()
 def test_bad_use_is_named(models) -> None:
     ref, msd = models
-    ids, mask = _batch()
+    ids, _mask = _batch()
     with pytest.raises(IndexError, match="1 layers"):
         msd(ids, past_key_values=Int8KVCache(_cfg(layers=1)), use_cache=True)
     with pytest.raises(ValueError, match="max_position_embeddings=256"):

@@ -92,7 +92,7 @@ def test_nbytes_is_about_a_quarter_of_float32() -> None:
 def test_crop_reorder_select_repeat_reset() -> None:
     cache = Int8KVCache(_config(layers=1))
     k, v = _kv(10, batch=3)
-    keys, values = cache.update(k, v, 0)
+    keys, _values = cache.update(k, v, 0)
     codes = keys.codes.clone()
     cache.crop(-4)
     assert cache.get_seq_length() == 6
