@@ -64,7 +64,8 @@ import torch
 from lowbit.rl.correction import Correction, CorrectionConfig, CorrectionState, correction
 from lowbit.rl.rollout_precision import RolloutPrecision, fake_quantized, parse_rollout_precision
 
-__all__ = ["TRL_METRIC_NAMES", "VERL_METRIC_NAMES", "GRPOTrainer", "correction_metrics", "sampled_logps"]
+# GRPOTrainer is defined on first access (module __getattr__), so importing this module needs no TRL.
+__all__ = ["TRL_METRIC_NAMES", "VERL_METRIC_NAMES", "GRPOTrainer", "correction_metrics", "sampled_logps"]  # noqa: F822
 
 #: lowbit metric key -> verl's ``rollout_corr/`` name, for the quantities verl computes the same way
 #: (``verl/trainer/ppo/rollout_corr_helper.py``: ``kl = mean(log μ − log π_old)``, ``k3_kl = mean(w − 1 − δ)``,
@@ -360,4 +361,3 @@ def __getattr__(name: str) -> Any:
     if name == "GRPOTrainer":
         return _trainer_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-

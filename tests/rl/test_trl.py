@@ -13,8 +13,8 @@ import torch
 
 pytest.importorskip("trl")
 
-from lowbit.rl import MODES, CorrectionConfig, correction  # noqa: E402
-from lowbit.rl.rollout_precision import fake_quantized  # noqa: E402
+from lowbit.rl import MODES, CorrectionConfig, correction
+from lowbit.rl.rollout_precision import fake_quantized
 
 CHARS = "0123456789+="
 PROMPTS = ["12+34=", "5+6=", "7+8=", "90+1=", "3+3=", "41+2="]
