@@ -8,8 +8,9 @@ quantized weight in an exact low-precision GEMM and the partial products are rec
 precision; :func:`dequant_matmul` is the BF16 dequant baseline and :func:`matmul_reference` the float64 reference.
 
 For inference: :class:`MSDLinear` (fast INT8 path on the CPU), :func:`quantize_model` with an :class:`MSDConfig`,
-:func:`save_quantized` / :func:`load_quantized`, and :func:`quantize_checkpoint` (``lowbit quantize``: a Hugging
-Face safetensors folder converted tensor by tensor).
+:func:`save_quantized` / :func:`load_quantized`, :func:`quantize_checkpoint` (``lowbit quantize``: a Hugging
+Face safetensors folder converted tensor by tensor) and :func:`from_pretrained` (that folder as a transformers model;
+``lowbit.msd.hf`` also registers a transformers quantizer for it).
 
 >>> import torch
 >>> from lowbit import formats
@@ -28,6 +29,7 @@ from lowbit.msd.checkpoint import load_quantized, save_quantized
 from lowbit.msd.config import MSDConfig
 from lowbit.msd.convert import quantize_checkpoint
 from lowbit.msd.decompose import Decomposition, decompose
+from lowbit.msd.hf import from_pretrained
 from lowbit.msd.linear import MSDLinear
 from lowbit.msd.multiply import dequant_matmul, matmul, matmul_error_bound, matmul_reference
 from lowbit.msd.quantize_model import quantize_model
@@ -40,6 +42,7 @@ __all__ = [
     "dequant_matmul",
     "effective_bits",
     "error_bound",
+    "from_pretrained",
     "load_quantized",
     "matmul",
     "matmul_error_bound",

@@ -257,6 +257,7 @@ def quantize_checkpoint(
                 skipped.append(extra.name)
             elif extra.is_file(follow_symlinks=False):
                 copy_plain_file(Path(extra.path), tmp / extra.name)
+        _mark_config(tmp / "config.json", config)
         write_json(tmp / METADATA_FILE, checkpoint_metadata(layers, {}, file_sha))
     return QuantizeSummary(
         out_dir,
@@ -267,6 +268,21 @@ def quantize_checkpoint(
         counts["largest"],
         tuple(skipped),
     )
+
+
+def _mark_config(path: Path, config: MSDConfig) -> None:
+    """Add ``quantization_config`` (``quant_method="lowbit-msd"``, :func:`lowbit.msd.hf.quantization_config_dict`)
+    to the copied ``config.json``, so transformers knows the folder is quantized (an existing entry is replaced:
+    the tensors are now lowbit's)."""
+    from lowbit.msd.hf import quantization_config_dict
+
+    if not is_plain_file(path):
+        return
+    data = read_json(path)
+    if isinstance(data, dict):
+        data["quantization_config"] = quantization_config_dict(config)
+        path.unlink()
+        write_json(path, data)
 
 
 def _check_weight_entry(path: Path, e: TensorEntry, config: MSDConfig) -> None:
