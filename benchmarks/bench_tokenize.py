@@ -1,31 +1,37 @@
-"""LoPT benchmark: lossless parallel tokenization against sequential encode, naive chunking and fast peers.
+"""LoPT benchmark: lowbit against the call of the backend it wraps, fastokens alone, and LoPT, 16K to 16 MB.
 
 Run (one command; takes the shared benchmark lock so timings are not disturbed by other benchmarks):
 
-    flock /tmp/lowbit-bench.lock .venv/bin/python benchmarks/bench_tokenize.py          # full, ~10 min
-    flock /tmp/lowbit-bench.lock .venv/bin/python benchmarks/bench_tokenize.py --quick  # ~2 min
+    flock /tmp/lowbit-bench.lock .venv/bin/python benchmarks/bench_tokenize.py                       # full
+    flock /tmp/lowbit-bench.lock .venv/bin/python benchmarks/bench_tokenize.py --quick               # ~3 min
+    flock /tmp/lowbit-bench.lock .venv/bin/python benchmarks/bench_tokenize.py --workers 1,2,4,8,16  # big machine
 
-Columns (all times are medians of repeats measured in the same run; ratios are what to quote):
-- ``seq``: the library's own sequential encode (tiktoken ``encode_ordinary``, HF ``encode(...).ids``,
-  SentencePiece ``encode``), the reference every other column is checked against;
-- ``naive2``: cut / encode on 2 workers / concatenate, with ``wrong`` = reference tokens it does not reproduce;
-- ``lopt1``, ``lopt2``: ``ParallelTokenizer`` on the library backend with 1 worker (chunks in the caller) and
-  2 workers (persistent process pool); ``thr2``: the same with the library's own multi-threaded batch call;
-- ``default``: ``ParallelTokenizer(tok, workers=2)`` with every default (one direct fastokens call when it
-  supports the vocabulary), first call on a fresh object and warm (second call; fastokens caches words between
-  calls); ``lopt+fastok``: LoPT chunking on top of fastokens' batch call (first call);
-- peers, each alone on the whole text: ``fastok`` first/warm, ``bpe-openai``; tiktoken and HF ``tokenizers``
-  are the ``seq`` column of their own vocabularies;
-- ``peak_MB``: the largest rise of resident memory (this process and its workers, sampled every 5 ms) during
-  the LoPT 2-worker call.
-Every parallel and peer result is compared with ``seq``; a mismatch is recorded (``exact`` = False), not hidden.
+Columns (medians of repeats measured in the same run, the calls interleaved round by round so that load drifts
+hit every column alike; ratios are what to quote):
+- ``own``: the library's own sequential call returning a list (tiktoken ``encode_ordinary``, HF
+  ``encode(...).ids``, SentencePiece ``encode``): the reference every other column is checked against;
+- ``fastok``: fastokens alone, its list call ``encode(text).ids`` and its flat call ``encode_batch_flat``
+  (``fastok_np``), where it supports the vocabulary;
+- ``default``: ``ParallelTokenizer(tok, workers=W).encode(text)`` with every other default, and
+  ``default_np`` its ``encode_to_numpy``; ``default_vs_base`` divides ``default`` by the list call of the backend
+  the default path calls (fastokens' ``encode().ids`` where fastokens is the default, else ``own``), and
+  ``default_np_vs_base`` divides ``default_np`` by that backend's own fastest call (fastokens' flat call, else
+  ``own``): the issue's targets are <= 1.05 and <= 1.00;
+- ``lopt``: ``ParallelTokenizer(tok, workers=W, backend="library", min_parallel_chars=0)``, LoPT over the library
+  with its default strategy (processes for tiktoken, the native batch threads for HF and SentencePiece), and
+  ``lopt_fastok`` (LoPT over fastokens' batch call); ``x_lopt`` = ``own / lopt``;
+- ``naive_wrong``: tokens that cut-and-concatenate gets wrong (the lab's naive baseline, 2 pieces per worker).
+
+``--workers 1,2,4,8,16`` also times LoPT per backend at every worker count on one text per tokenizer and prints
+the parallel efficiency ``speedup / parallelism`` with ``speedup = t(1 worker) / t(w)`` and
+``parallelism = min(w, usable cores)`` (a request above the cores runs on the cores).
+Every result is compared with ``own``; a mismatch is recorded (``exact`` False), never hidden.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,27 +41,33 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._harness import median_time, print_table, write_results
+from benchmarks._harness import measure, print_table, write_results
+from lowbit._timing import Timing
 from lowbit.lab.tokenize.corpus import make_text
 from lowbit.lab.tokenize.naive import naive_encode, wrong_tokens
 from lowbit.tokenize import ParallelTokenizer, fastokens_available, load_tokenizer
-from lowbit.tokenize.backends import make_backend
-from lowbit.tokenize.backends.fastokens import byte_level_lengths
+from lowbit.tokenize.backends import FastokensBackend, make_backend
+from lowbit.tokenize.parallel import usable_cores
 
 KB, MB = 1 << 10, 1 << 20
+SIZES_FULL = [16 * KB, 256 * KB, MB, 4 * MB, 16 * MB]
 FULL = {
-    # tokenizer: (sizes for prose/mixed, sizes for code/chinese)
-    "cl100k": ([256 * KB, MB, 4 * MB, 16 * MB], [256 * KB, MB, 4 * MB]),
-    "o200k": ([256 * KB, MB, 4 * MB, 16 * MB], [256 * KB, MB, 4 * MB]),
-    "qwen3.5": ([256 * KB, MB, 4 * MB], [256 * KB, MB]),
-    "deepseek-v4": ([256 * KB, MB, 4 * MB], [256 * KB, MB]),
-    "bert": ([256 * KB, MB, 4 * MB], [256 * KB, MB]),
-    "mistral-v1": ([256 * KB, MB, 4 * MB], [256 * KB, MB]),
+    # tokenizer: (sizes for prose, sizes for the other kinds)
+    "cl100k": (SIZES_FULL, [16 * KB, MB, 4 * MB]),
+    "o200k": (SIZES_FULL, [16 * KB, MB, 4 * MB]),
+    "qwen2": (SIZES_FULL, [16 * KB, MB, 4 * MB]),
+    "qwen3.5": (SIZES_FULL[:4], [16 * KB, MB]),
+    "deepseek-v4": (SIZES_FULL[:4], [16 * KB, MB]),
+    "bert": (SIZES_FULL[:4], [16 * KB, MB]),
+    "mistral-v1": (SIZES_FULL[:4], [16 * KB, MB]),
 }
 QUICK = {
-    "cl100k": ([64 * KB, 256 * KB, MB], [256 * KB]),
-    "deepseek-v4": ([256 * KB, MB], [256 * KB]),
-    "mistral-v1": ([256 * KB, MB], [256 * KB]),
+    "cl100k": ([16 * KB, MB], []),
+    "qwen2": ([16 * KB, 4 * MB], []),
+    "o200k": ([4 * MB], []),
+    "deepseek-v4": ([16 * KB, 4 * MB], []),
+    "bert": ([256 * KB], []),
+    "mistral-v1": ([256 * KB], []),
 }
 KINDS = ("prose", "code", "chinese", "mixed")
 
@@ -66,249 +78,198 @@ def sized_text(kind: str, n_bytes: int) -> str:
     return text.encode("utf-8")[:n_bytes].decode("utf-8", "ignore")
 
 
-class PeakRSS:
-    """Largest rise of RSS (this process + children) while the block runs, sampled every 5 ms."""
-
-    def __init__(self) -> None:
-        import psutil
-
-        self.proc = psutil.Process()
-        self.peak = 0
-        self._stop = threading.Event()
-
-    def _rss(self) -> int:
-        total = self.proc.memory_info().rss
-        for child in self.proc.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except Exception:  # a child may exit between listing and reading
-                pass
-        return total
-
-    def __enter__(self) -> PeakRSS:
-        self.base = self._rss()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss() - self.base)
-            time.sleep(0.005)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self.thread.join()
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, Timing], dict[str, Any]]:
+    """Time every function once per round, ``repeats`` rounds (after one warm-up round); also the last results."""
+    last: dict[str, Any] = {}
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(repeats + 1):
+        for key, fn in fns.items():
+            box: list[Any] = []
+            t = measure(lambda fn=fn, box=box: box.append(fn()), repeats=1, warmup=0)
+            if r:
+                samples[key].append(t.median)
+            last[key] = box[-1]
+    return {k: Timing(tuple(v)) for k, v in samples.items()}, last
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    out: list[Any] = []
+def own_call(loaded: Any) -> Callable[[str], list[int]]:
+    """The library's own sequential call returning a list."""
+    obj = loaded.obj
+    if loaded.kind == "tiktoken":
+        return obj.encode_ordinary
+    if loaded.kind == "hf":
+        return lambda t: obj.encode(t, add_special_tokens=False).ids
+    return obj.encode
 
-    def call() -> None:
-        out.append(fn())
 
-    t = median_time(call, repeats=repeats, warmup=0)
-    return t, out[-1]
-
-
-def peers(name: str, loaded: Any) -> tuple[dict[str, Callable[[], Callable[[str], np.ndarray]]], dict[str, str]]:
-    """Factories of peer encoders that support this vocabulary, and the reason for each peer left out."""
-    out: dict[str, Callable[[], Callable[[str], np.ndarray]]] = {}
-    missing: dict[str, str] = {}
+def fastokens_calls(loaded: Any) -> tuple[Callable[[str], list[int]], Callable[[str], np.ndarray]] | str:
+    """fastokens' list call and flat call for this vocabulary, or why it is left out."""
     if not fastokens_available():
-        missing["fastok"] = "fastokens not installed"
-    elif loaded.path is None:
-        missing["fastok"] = "no vocabulary file to load into fastokens"
-    elif loaded.kind == "sentencepiece" or (loaded.kind == "hf" and byte_level_lengths(loaded.obj) is None):
-        missing["fastok"] = "not a byte-level BPE vocabulary"
-    else:
-        try:
-            make_backend(loaded, backend="fastokens")
-        except ValueError as exc:
-            missing["fastok"] = f"fastokens refuses the vocabulary: {exc}"
-    if "fastok" not in missing:
-        import fastokens
-
-        def fast_factory() -> Callable[[str], np.ndarray]:
-            if loaded.kind == "tiktoken":
-                enc = make_backend(loaded, backend="fastokens")[0].fast
-                return lambda t: np.frombuffer(enc.encode_batch_flat([t], split_special_tokens=True)[0], np.uint32)
-            enc = fastokens.Tokenizer.from_json_str(loaded.obj.to_str())
-            enc.no_padding()
-            enc.no_truncation()
-            enc.encode("warm up: Hello, 世界 123")
-            return lambda t: np.asarray(enc.encode(t).ids, dtype=np.uint32)
-
-        out["fastok"] = fast_factory
-    if name in ("cl100k", "o200k"):
-        import bpe_openai
-
-        def bpe_factory() -> Callable[[str], np.ndarray]:
-            enc = bpe_openai.get_encoding(f"{name}_base")
-            return lambda t: np.asarray(enc.encode_ordinary(t), dtype=np.uint32)
-
-        out["bpe-openai"] = bpe_factory
-    else:
-        missing["bpe-openai"] = "bpe-openai ships cl100k, o200k and voyage3 only"
-    return out, missing
+        return "fastokens not installed"
+    try:
+        fb = make_backend(loaded, backend="fastokens")[0]
+    except ValueError as exc:
+        return str(exc)
+    assert isinstance(fb, FastokensBackend)
+    fast, split = fb.fast, fb.ordinary
+    return (
+        lambda t: fast.encode(t, split_special_tokens=split).ids,
+        lambda t: np.frombuffer(fast.encode_batch_flat([t], split_special_tokens=split)[0], np.uint32),
+    )
 
 
-def bench_one(name: str, loaded: Any, kind: str, n_bytes: int, quick: bool) -> dict[str, Any]:
+def bench_one(name: str, loaded: Any, kind: str, n_bytes: int, workers: int) -> dict[str, Any]:
     text = sized_text(kind, n_bytes)
-    mb = len(text.encode("utf-8")) / 1e6
-    repeats = 1 if (n_bytes >= 4 * MB or (loaded.kind != "tiktoken" and n_bytes >= MB)) else 3
-    lib, _ = make_backend(loaded, backend="library")
-    t_seq, ref_list = timed(lambda: lib.reference(text), repeats)
-    ref = np.asarray(ref_list, dtype=np.uint32)
-    row: dict[str, Any] = {"tokenizer": name, "library": loaded.kind, "text": kind, "MB": round(mb, 3)}
+    repeats = 1 if n_bytes >= 16 * MB else 3 if n_bytes >= MB else 7
+    own = own_call(loaded)
+    fast = fastokens_calls(loaded)
+    row: dict[str, Any] = {"tokenizer": name, "library": loaded.kind, "text": kind, "chars": len(text)}
+    row["MB"] = round(len(text.encode("utf-8")) / 1e6, 3)
+    pt_default = ParallelTokenizer(loaded, workers=workers)
+    pt_lopt = ParallelTokenizer(loaded, workers=workers, backend="library", min_parallel_chars=0)
+    fns: dict[str, Callable[[], Any]] = {
+        "own": lambda: own(text),
+        "default": lambda: pt_default.encode(text),
+        "default_np": lambda: pt_default.encode_to_numpy(text),
+        "lopt": lambda: pt_lopt.encode_with_stats(text),
+    }
+    if isinstance(fast, tuple):
+        fns["fastok"] = lambda: fast[0](text)
+        fns["fastok_np"] = lambda: fast[1](text)
+        pt_lf = ParallelTokenizer(
+            loaded, workers=workers, backend="fastokens", strategy="threads", min_parallel_chars=0
+        )
+        fns["lopt_fastok"] = lambda: pt_lf.encode_to_numpy(text)
+    else:
+        row["fastok_left_out"] = fast
+    with pt_default, pt_lopt:
+        times, out = interleaved(fns, repeats)
+        pt_lopt_stats = out["lopt"][1]
+        ref = np.asarray(out["own"], dtype=np.uint32)
+        naive_ids, cuts = naive_encode(pt_lopt, text)
+    if "lopt_fastok" in fns:
+        pt_lf.close()
     row["tokens"] = len(ref)
-    row["seq_s"] = t_seq
-    row["seq_MBps"] = mb / t_seq
-    exact: dict[str, bool] = {}
-
-    with ParallelTokenizer(loaded, workers=2, backend="library", strategy="processes", min_parallel_chars=0) as pt2:
-        pt2.encode_to_numpy(text[:100_000])  # start the pool (a one-off cost, not per call)
-        t_naive, (naive_ids, cuts) = timed(lambda: naive_encode(pt2, text), repeats)
-        row["naive2_s"] = t_naive
-        row["naive_wrong"] = wrong_tokens(ref, naive_ids, cuts)
-        row["naive_exact"] = bool(np.array_equal(naive_ids, ref))
-        with PeakRSS() as mem:
-            t2, ids = timed(lambda: pt2.encode_with_stats(text), repeats)
-        row["lopt2_s"] = t2
-        row["peak_MB"] = mem.peak / 1e6
-        row["retries"] = ids[1].merge.retries if ids[1].merge else 0
-        exact["lopt2"] = bool(np.array_equal(ids[0], ref))
-    with ParallelTokenizer(loaded, workers=1, backend="library", strategy="inline", min_parallel_chars=0) as pt1:
-        t1, ids1 = timed(lambda: pt1.encode_to_numpy(text), repeats)
-        row["lopt1_s"] = t1
-        exact["lopt1"] = bool(np.array_equal(ids1, ref))
-    with ParallelTokenizer(loaded, workers=2, backend="library", strategy="threads", min_parallel_chars=0) as ptt:
-        tt, idst = timed(lambda: ptt.encode_to_numpy(text), repeats)
-        row["thr2_s"] = tt
-        exact["thr2"] = bool(np.array_equal(idst, ref))
-    with ParallelTokenizer(loaded, workers=2) as ptd:
-        row["default_backend"] = f"{ptd.backend.name}/{ptd.strategy}"
-        if ptd.strategy == "processes":
-            ptd.encode_to_numpy(text[:100_000])  # pool start-up is a one-off
-        start = time.perf_counter()
-        idsd = ptd.encode_to_numpy(text)
-        row["default_first_s"] = time.perf_counter() - start
-        td, idsd2 = timed(lambda: ptd.encode_to_numpy(text), repeats)
-        row["default_warm_s"] = td
-        exact["default"] = bool(np.array_equal(idsd, ref) and np.array_equal(idsd2, ref))
-    peer_factories, missing = peers(name, loaded)
-    row["peers_left_out"] = missing
-    if "fastok" in peer_factories:
-        with ParallelTokenizer(loaded, workers=2, backend="fastokens", strategy="threads", min_parallel_chars=0) as ptf:
-            ptf.encode_to_numpy(text[:1000])
-            start = time.perf_counter()
-            idsf = ptf.encode_to_numpy(text)
-            row["lopt_fastok_first_s"] = time.perf_counter() - start
-            exact["lopt_fastok"] = bool(np.array_equal(idsf, ref))
-    best_peer = t_seq
-    for peer, factory in peer_factories.items():
-        enc = factory()
-        start = time.perf_counter()
-        try:
-            pids = enc(text)
-        except ValueError as exc:  # bpe-openai refuses long inputs ("Input too long to encode safely")
-            row[f"{peer}_first_s"] = row[f"{peer}_warm_s"] = f"refused: {exc}"
-            continue
-        first = time.perf_counter() - start
-        tw, pids2 = timed(lambda enc=enc: enc(text), repeats)
-        row[f"{peer}_first_s"] = first
-        row[f"{peer}_warm_s"] = tw
-        exact[peer] = bool(np.array_equal(pids, ref) and np.array_equal(pids2, ref))
-        best_peer = min(best_peer, first)
-    row["speedup_lopt2"] = t_seq / t2
-    row["speedup_thr2"] = t_seq / tt
-    row["speedup_default_first"] = t_seq / row["default_first_s"]
-    row["default_vs_best_peer_first"] = best_peer / row["default_first_s"]
+    row["default_backend"] = f"{pt_default.backend.name}/{pt_default.strategy}"
+    row["lopt_backend"] = f"{pt_lopt.backend.name}/{pt_lopt.strategy}"
+    for key, t in times.items():
+        row[f"{key}_s"] = t.median
+        row[f"{key}_timing"] = t.as_dict()
+    on_fast = pt_default.backend.name.endswith("+fastokens")
+    base_list = times["fastok"].median if on_fast else times["own"].median
+    base_np = times["fastok_np"].median if on_fast else times["own"].median
+    row["default_vs_base"] = times["default"].median / base_list
+    row["default_np_vs_base"] = times["default_np"].median / base_np
+    row["x_lopt"] = times["own"].median / times["lopt"].median
+    row["lopt_path"] = pt_lopt_stats.path
+    row["lopt_retries"] = pt_lopt_stats.merge.retries if pt_lopt_stats.merge else 0
+    row["lopt_merges"] = pt_lopt_stats.merge.merges if pt_lopt_stats.merge else 0
+    row["naive_wrong"] = wrong_tokens(ref, naive_ids, cuts)
+    exact = {
+        "default": out["default"] == out["own"],
+        "default_np": bool(np.array_equal(out["default_np"], ref)),
+        "lopt": bool(np.array_equal(out["lopt"][0], ref)),
+    }
+    if "fastok" in fns:
+        exact["fastok"] = out["fastok"] == out["own"]
+        exact["lopt_fastok"] = bool(np.array_equal(out["lopt_fastok"], ref))
     row["exact"] = exact
     return row
 
 
-def small_input_overhead(names: list[str]) -> list[dict[str, Any]]:
-    """Overhead of ``ParallelTokenizer.encode`` (all defaults) over the library's own call, called directly, on a
-    16 KB input (below ``min_parallel_chars``: one library call, or one fastokens call where it is the default)."""
+def efficiency(names: list[str], worker_counts: list[int], n_bytes: int) -> list[dict[str, Any]]:
+    """LoPT time per worker count for each backend (library, and fastokens where it applies) on one prose text."""
     rows = []
+    text = sized_text("prose", n_bytes)
+    cores = usable_cores()
     for name in names:
         loaded = load_tokenizer(name)
-        text = sized_text("mixed", 16 * KB)
-        obj = loaded.obj
-        if loaded.kind == "tiktoken":
-            raw = obj.encode_ordinary
-        elif loaded.kind == "hf":
-            raw = lambda t, obj=obj: obj.encode(t, add_special_tokens=False).ids  # noqa: E731
-        else:
-            raw = obj.encode
-        with ParallelTokenizer(loaded, workers=2) as pt:
-            assert pt.encode(text) == raw(text)
-            t_lib = median_time(lambda raw=raw, text=text: raw(text), repeats=15, min_seconds=0.02)
-            t_pt = median_time(lambda pt=pt, text=text: pt.encode(text), repeats=15, min_seconds=0.02)
-        rows.append({"tokenizer": name, "chars": len(text), "library_s": t_lib, "lowbit_s": t_pt,
-                     "overhead_pct": 100 * (t_pt / t_lib - 1)})  # fmt: skip
-    print_table(["tokenizer", "chars", "library s", "lowbit s", "overhead %"], [list(r.values()) for r in rows])
+        ref = own_call(loaded)(text)
+        backends = ["library"] + (["fastokens"] if isinstance(fastokens_calls(loaded), tuple) else [])
+        for backend in backends:
+            base = None
+            for w in worker_counts:
+                strategy = "threads" if backend == "fastokens" else "auto"
+                with ParallelTokenizer(
+                    loaded, workers=w, backend=backend, strategy=strategy, min_parallel_chars=0
+                ) as pt:
+                    pt.encode_to_numpy(text[:200_000])  # start the pool once: a one-off cost, not per call
+                    times, out = interleaved({"lopt": lambda pt=pt: pt.encode_to_numpy(text)}, 3)
+                    t = times["lopt"].median
+                    base = t if base is None else base
+                    par = min(w, cores) if w > 1 else 1
+                    rows.append({
+                        "tokenizer": name, "backend": f"{pt.backend.name}/{pt.strategy}", "workers": w,
+                        "parallelism": pt.parallelism, "lopt_s": t, "speedup": base / t,
+                        "efficiency": base / t / par, "exact": bool(np.array_equal(out["lopt"], ref)),
+                    })  # fmt: skip
+    print_table(
+        ["tokenizer", "backend", "workers", "parallelism", "lopt s", "speedup", "efficiency", "exact"],
+        [list(r.values()) for r in rows],
+    )
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes and three tokenizers (~2 min)")
+    parser.add_argument("--quick", action="store_true", help="fewer sizes and kinds (~3 min on 2 cores)")
     parser.add_argument("--tokenizers", nargs="*", default=None, help="subset of the tokenizers to run")
-    parser.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS)
+    parser.add_argument(
+        "--kinds", nargs="*", default=None, choices=KINDS, help="text kinds (default: all; quick: prose)"
+    )
+    parser.add_argument(
+        "--workers", default=None, help="comma-separated worker counts for the efficiency table, e.g. 1,2,4,8,16"
+    )
     parser.add_argument("--name", default=None, help="results file name (default tokenize / tokenize_quick)")
     args = parser.parse_args(argv)
     grid = QUICK if args.quick else FULL
     names = args.tokenizers or list(grid)
+    kinds = args.kinds or (["prose"] if args.quick else list(KINDS))
+    counts = [int(w) for w in args.workers.split(",")] if args.workers else []
+    if any(w < 1 for w in counts):
+        parser.error("--workers: counts must be positive integers")
+    workers = max([2, *counts]) if counts else 2
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for name in names:
         loaded = load_tokenizer(name)
-        big, small = grid.get(name, FULL.get(name, ([MB], [MB])))
-        for kind in args.kinds:
-            for size in big if kind in ("prose", "mixed") else small:
-                row = bench_one(name, loaded, kind, size, args.quick)
+        prose_sizes, other_sizes = grid.get(name, FULL.get(name, ([MB], [MB])))
+        for kind in kinds:
+            for size in prose_sizes if kind == "prose" else other_sizes:
+                row = bench_one(name, loaded, kind, size, workers)
                 rows.append(row)
                 print(
-                    f"[{time.perf_counter() - t0:6.0f}s] {name} {kind} {row['MB']:.2f} MB: seq {row['seq_s']:.3f}s "
-                    f"lopt2 x{row['speedup_lopt2']:.2f} thr2 x{row['speedup_thr2']:.2f} "
-                    f"default x{row['speedup_default_first']:.2f} ({row['default_backend']}) "
-                    f"naive wrong {row['naive_wrong']} exact {all(row['exact'].values())}",
+                    f"[{time.perf_counter() - t0:6.0f}s] {name} {kind} {row['MB']:.3f} MB: own {row['own_s']:.4f}s "
+                    f"default x{row['default_vs_base']:.2f} of its backend ({row['default_backend']}), numpy "
+                    f"x{row['default_np_vs_base']:.2f}; lopt x{row['x_lopt']:.2f} faster than own "
+                    f"({row['lopt_backend']}); exact {all(row['exact'].values())}",
                     flush=True,
                 )
-    small_rows = small_input_overhead(names)
-    header = [
-        "tokenizer", "text", "MB", "seq MB/s", "naive2 s", "wrong", "lopt1 s", "lopt2 s", "x lopt2", "thr2 s",
-        "x thr2", "default first s", "default warm s", "fastok first s", "fastok warm s", "lopt+fastok first s",
-        "bpe-openai s",
-        "default/best peer", "peak MB", "exact",
-    ]  # fmt: skip
+    header = ["tokenizer", "text", "MB", "own s", "fastok s", "default s", "dflt/base", "np/base", "lopt s",
+              "x lopt", "lopt+fastok s", "naive wrong", "exact"]  # fmt: skip
     table = [
-        [
-            r["tokenizer"], r["text"], r["MB"], r["seq_MBps"], r["naive2_s"], r["naive_wrong"], r["lopt1_s"],
-            r["lopt2_s"], r["speedup_lopt2"], r["thr2_s"], r["speedup_thr2"], r["default_first_s"],
-            r["default_warm_s"], r.get("fastok_first_s", "-"), r.get("fastok_warm_s", "-"),
-            r.get("lopt_fastok_first_s", "-"),
-            r.get("bpe-openai_first_s", "-"), r["default_vs_best_peer_first"], r["peak_MB"],
-            all(r["exact"].values()),
-        ]
+        [r["tokenizer"], r["text"], r["MB"], r["own_s"], r.get("fastok_s", "-"), r["default_s"],
+         r["default_vs_base"], r["default_np_vs_base"], r["lopt_s"], r["x_lopt"], r.get("lopt_fastok_s", "-"),
+         r["naive_wrong"], all(r["exact"].values())]
         for r in rows
     ]  # fmt: skip
     print_table(header, table)
+    eff = efficiency(names, counts, 4 * MB if not args.quick else MB) if counts else []
     path = write_results(
         args.name or ("tokenize_quick" if args.quick else "tokenize"),
         {
             "quick": args.quick,
-            "workers": 2,
+            "workers": workers,
+            "usable_cores": usable_cores(),
             "columns": header,
             "rows": rows,
             "table": table,
-            "small_input_overhead": small_rows,
+            "efficiency": eff,
         },
     )
     print(f"results written to {path}")
-    return 0 if all(all(r["exact"].values()) for r in rows) else 1
+    exact = all(all(r["exact"].values()) for r in rows) and all(r["exact"] for r in eff)
+    return 0 if exact else 1
 
 
 if __name__ == "__main__":

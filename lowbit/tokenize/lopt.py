@@ -126,6 +126,9 @@ def match_boundary(
     """The cut for one boundary: (tokens kept from the left piece, first token index in the right piece).
 
     Returns None when no run of ``min_match`` consecutive (start, end, id) matches with a clean anchor exists.
+    A clean anchor starts at a different position than its predecessor (byte tokens of one character share a
+    start) and, where ``backend.cuts_at_word_starts``, starts a pre-token (word) in both chunks: a word is then
+    whole on each side of the cut, which is what makes the cut exact (docs/tokenize.md, "Why the merge is exact").
     """
     edge = backend.edge_units
     right_ids = right.ids[: len(right.head_start)]
@@ -153,13 +156,19 @@ def match_boundary(
             runs[-1].append((j, k))
         else:
             runs.append([(j, k)])
+    words = backend.cuts_at_word_starts
+    if words and (left.tail_word_start is None or right.head_word_start is None):
+        raise ValueError(f"{backend.name}: cuts at word starts need the chunks' word starts")
     for run in sorted((r for r in runs if len(r) >= min_match), key=len, reverse=True):
         mid = len(run) // 2
         order = sorted(range(1, len(run)), key=lambda a: abs(a - mid))
         for a in order:
             j, k = run[a]
-            if left.tail_start[j] != left.tail_start[j - 1]:
-                return left.tail_index + j, k
+            if left.tail_start[j] == left.tail_start[j - 1]:
+                continue
+            if words and not (left.tail_word_start[j] and right.head_word_start[k]):  # type: ignore[index]
+                continue
+            return left.tail_index + j, k
     return None
 
 

@@ -23,7 +23,6 @@ from typing import Any, Literal
 import numpy as np
 
 from lowbit.tokenize.backends import ChunkEncoding, Piece, make_backend
-from lowbit.tokenize.backends.base import has_surrogate
 from lowbit.tokenize.lopt import MIN_CHUNK_CHARS, LoptConfig, MergeStats, Plan, lossless_encode, make_plan
 from lowbit.tokenize.worker import encode_pieces, init_worker
 
@@ -37,7 +36,9 @@ class VerificationError(RuntimeError):
 
 @dataclass(frozen=True)
 class EncodeStats:
-    """How one text was encoded: ``path`` is "sequential" (below the threshold), "direct" or "lopt"."""
+    """How one text was encoded: ``path`` is "sequential" (below the threshold, or no cut can be proven exact),
+    "direct" or "lopt". ``note`` says why a text long enough for LoPT was encoded in one sequential call
+    (the backend's :meth:`~lowbit.tokenize.backends.Backend.exact_cut_blocker`), else None."""
 
     path: str
     strategy: str
@@ -46,6 +47,7 @@ class EncodeStats:
     tokens: int
     plan: Plan | None
     merge: MergeStats | None
+    note: str | None = None
 
 
 def usable_cores() -> int:
@@ -150,6 +152,8 @@ class ParallelTokenizer:
         if start_method not in get_all_start_methods():
             raise ValueError(f"start_method: expected one of {get_all_start_methods()}, got {start_method!r}")
         self._start_method = start_method
+        #: Why no cut of this tokenizer's input can be proven exact (texts then take one sequential call), or None.
+        self._blocker: str | None = self.backend.exact_cut_blocker()
 
     # ---------------------------------------------------------------------------------------------------------
     # encoding
@@ -166,19 +170,13 @@ class ParallelTokenizer:
         >>> ParallelTokenizer("qwen2", workers=1).encode("Hello world, tokenization!")
         [9707, 1879, 11, 3950, 2022, 0]
         """
-        if (
-            isinstance(text, str)
-            and len(text) < self.config.min_parallel_chars
-            and not (add_special_tokens or self.verify or self._closed)
-            and self.backend.short_texts_by_reference
-            and not has_surrogate(text)
-        ):
-            # Below the threshold: the library's own call, returning its own list (no numpy round trip), so
-            # short inputs pay no measurable overhead.
-            self.backend.check_disallowed(text)
+        if type(text) is str and not (add_special_tokens or self.verify or self._closed) and self._one_call(len(text)):
+            # One call: the backend's own list-returning call (no numpy round trip, no scan of the text; a lone
+            # surrogate is caught from the library's own UTF-8 conversion), so it costs what the library costs.
+            ids = self.backend.encode_list(text)
             if on_progress:
                 on_progress(len(text), len(text))
-            return self.backend.reference(text)
+            return ids
         return self.encode_to_numpy(text, add_special_tokens=add_special_tokens, on_progress=on_progress).tolist()
 
     def encode_to_numpy(
@@ -235,15 +233,19 @@ class ParallelTokenizer:
         """:meth:`encode_to_numpy` plus an :class:`EncodeStats` describing how the text was split and merged."""
         if self._closed:
             raise ValueError("ParallelTokenizer is closed")
-        text = self._check_text(text)
+        if not isinstance(text, str):
+            raise TypeError(f"text: expected str, got {type(text).__name__}")
         n = len(text)
-        if n < max(self.config.min_parallel_chars, 1) or n == 0 or self.strategy == "direct":
+        if self._one_call(n):
+            # One call: the library's own error for a lone surrogate is caught and named (no scan of the text).
             ids = self.backend.encode_ids(text)
             path = "direct" if self.strategy == "direct" else "sequential"
-            stats = EncodeStats(path, "inline", self.backend.name, n, len(ids), None, None)
+            note = self._blocker if n >= max(self.config.min_parallel_chars, 1) and path == "sequential" else None
+            stats = EncodeStats(path, "inline", self.backend.name, n, len(ids), None, None, note)
             if on_progress:
                 on_progress(n, n)
         else:
+            text = self._check_text(text)
             self.backend.check_disallowed(text)  # the pieces skip it: once, on the whole text
             plan = make_plan(n, self.parallelism, self.backend, self.config)
             run = self._runner(n, on_progress)
@@ -303,6 +305,11 @@ class ParallelTokenizer:
     # ---------------------------------------------------------------------------------------------------------
     # private
     # ---------------------------------------------------------------------------------------------------------
+
+    def _one_call(self, n: int) -> bool:
+        """Whether a text of ``n`` characters is one backend call: the direct strategy, below
+        ``min_parallel_chars``, or a tokenizer whose cuts cannot be proven exact."""
+        return self.strategy == "direct" or n < max(self.config.min_parallel_chars, 1) or self._blocker is not None
 
     def _check_text(self, text: Any) -> str:
         """A ``str``, checked (and for tiktoken repaired) by the backend's rule for lone surrogates."""

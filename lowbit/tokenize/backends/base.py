@@ -12,7 +12,9 @@ Every rule that differs between libraries is a method or attribute of :class:`Ba
 
 - ``default_strategy(p)``: what ``strategy="auto"`` means with ``p`` usable workers;
 - ``in_process_only``: the backend cannot be sent to worker processes (fastokens);
-- ``short_texts_by_reference``: texts below ``min_parallel_chars`` return :meth:`Backend.reference` itself;
+- ``encode_list(text)``: the fastest call that returns the library's own list for one text (what ``encode``
+  returns on its one-call paths); a lone surrogate is named from the library's own UTF-8 conversion error;
+- ``cuts_at_word_starts``, ``exact_cut_blocker()``: where a cut may fall, and why none can be exact;
 - ``check_text(text)``: lone surrogates raise (default) or are repaired as the library does (tiktoken);
 - ``check_disallowed(text)``: raise like the library on special-token strings it refuses (tiktoken);
 - ``special_affixes()``: the ids ``add_special_tokens=True`` puts before and after the text;
@@ -23,7 +25,6 @@ Every rule that differs between libraries is a method or attribute of :class:`Ba
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -32,7 +33,6 @@ import numpy as np
 
 Unit = Literal["char", "byte"]
 _EMPTY = np.zeros(0, dtype=np.int64)
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ class ChunkEncoding:
 
     ``head_*`` describe ``ids[:len(head_start)]`` relative to the chunk start (= its left window start);
     ``tail_*`` describe ``ids[tail_index:]`` relative to the start of the right window. Units: the backend's.
+    ``head_word_start`` / ``tail_word_start`` (backends with ``cuts_at_word_starts`` only) tell, for the same
+    tokens, whether the token is the first of a pre-token (word) of this chunk; ``None`` elsewhere.
     """
 
     ids: np.ndarray
@@ -58,6 +60,8 @@ class ChunkEncoding:
     tail_index: int
     tail_start: np.ndarray
     tail_end: np.ndarray
+    head_word_start: np.ndarray | None = None
+    tail_word_start: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -147,11 +151,13 @@ class Backend:
     max_auto_chunk_chars: int = 1 << 20
     #: True when the backend cannot be rebuilt in another process (no ``strategy="processes"``, no executor).
     in_process_only: bool = False
-    #: True when a short text is best encoded by :meth:`reference`, the library's own call returning its own
-    #: list (no numpy round trip); False when :meth:`encode_ids` is the faster call (fastokens).
-    short_texts_by_reference: bool = True
     #: True when the backend takes tiktoken's ``allowed_special``.
     takes_allowed_special: ClassVar[bool] = False
+    #: True when a cut must fall at the start of a pre-token (word) in both chunks, because the model reads a
+    #: word as a whole (WordPiece's ``max_input_chars_per_word``, Unigram's Viterbi, BPE's merge order); the
+    #: chunk encodings then carry ``head_word_start`` / ``tail_word_start`` (docs/tokenize.md, "Why the merge is
+    #: exact").
+    cuts_at_word_starts: bool = False
 
     # -- construction ------------------------------------------------------------------------------------------
 
@@ -190,14 +196,18 @@ class Backend:
         chunks one after another in the caller when there is one worker."""
         return "processes" if parallelism > 1 else "inline"
 
+    def exact_cut_blocker(self) -> str | None:
+        """Why no cut of this tokenizer's input can be proven exact (then every text is one sequential call and
+        :class:`~lowbit.tokenize.EncodeStats` says so), or None. Default: None."""
+        return None
+
     def check_text(self, text: str) -> str:
-        """The text to encode: unchanged, or a ``ValueError`` naming the first lone surrogate (UTF-8 has none)."""
-        m = _SURROGATE.search(text)
-        if m is not None:
-            raise ValueError(
-                f"text: lone surrogate {m.group()!r} at character {m.start()} cannot be encoded as UTF-8; "
-                "clean it first, e.g. text.encode('utf-8', 'replace').decode()"
-            )
+        """The text to encode: unchanged, or a ``ValueError`` naming the first lone surrogate (UTF-8 has none).
+
+        Free for ASCII text (``str.isascii`` reads a flag); otherwise one strict UTF-8 encode in C."""
+        i = surrogate_index(text)
+        if i >= 0:
+            raise surrogate_error(text, i)
         return text
 
     def check_disallowed(self, text: str) -> None:
@@ -215,19 +225,55 @@ class Backend:
         """The library's own sequential encode, called directly."""
         raise NotImplementedError
 
+    def encode_list(self, text: str) -> list[int]:
+        """Sequential encode of ``text`` as the library's own list (:meth:`reference`), with no scan of the text:
+        a library error caused by a lone surrogate becomes :meth:`check_text`'s named ``ValueError``."""
+        try:
+            return self.reference(text)
+        except Exception:
+            self.check_text(text)  # raises the named error when a lone surrogate is the cause
+            raise
+
     def encode_ids(self, text: str) -> np.ndarray:
         """Sequential encode of ``text`` as ``uint32``; equal to :meth:`reference`."""
-        return np.asarray(self.reference(text), dtype=np.uint32)
+        return np.asarray(self.encode_list(text), dtype=np.uint32)
 
     def encode_chunks(self, pieces: Sequence[Piece], threads: int) -> list[ChunkEncoding]:
         """Encode each piece (with ``threads`` native threads where the library has them)."""
         raise NotImplementedError
 
 
+def surrogate_index(text: str) -> int:
+    """Index of the first lone surrogate (a code point in U+D800..U+DFFF) in ``text``, or -1.
+
+    Rule: an ASCII string has none (``str.isascii`` is O(1) in CPython, a flag of the string object); any other
+    string is encoded once as strict UTF-8 in C (about 1 GB/s), which fails exactly at the first surrogate.
+    No per-character Python work and no regular-expression scan.
+
+    >>> surrogate_index("ab\\ud800c"), surrogate_index("ab😀"), surrogate_index("plain")
+    (2, -1, -1)
+    """
+    if text.isascii():
+        return -1
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return -1
+
+
 def has_surrogate(text: str) -> bool:
-    """Whether ``text`` holds a lone surrogate (a code point in U+D800..U+DFFF).
+    """Whether ``text`` holds a lone surrogate (see :func:`surrogate_index`).
 
     >>> has_surrogate("ab\\ud800"), has_surrogate("ab😀")
     (True, False)
     """
-    return _SURROGATE.search(text) is not None
+    return surrogate_index(text) >= 0
+
+
+def surrogate_error(text: str, index: int) -> ValueError:
+    """The error every non-tiktoken backend raises for a lone surrogate at ``index``."""
+    return ValueError(
+        f"text: lone surrogate {text[index]!r} at character {index} cannot be encoded as UTF-8; "
+        "clean it first, e.g. text.encode('utf-8', 'replace').decode()"
+    )

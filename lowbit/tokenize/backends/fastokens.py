@@ -40,7 +40,6 @@ class FastokensBackend(Backend):
     unit: Unit = "byte"
     native_threads = True
     in_process_only = True
-    short_texts_by_reference = False
 
     def __init__(self, fast: Any, lens: np.ndarray, reference: Backend, *, ordinary: bool, name: str) -> None:
         self.fast = fast
@@ -112,9 +111,23 @@ class FastokensBackend(Backend):
     def reference(self, text: str) -> list[int]:
         return self.ref.reference(text)
 
-    def encode_ids(self, text: str) -> np.ndarray:
+    def encode_list(self, text: str) -> list[int]:
+        """fastokens' own list-returning call (``encode(text).ids``: the list is built in Rust, cheaper than a
+        numpy buffer turned into a list). A lone surrogate fails its UTF-8 conversion; then the text is repaired
+        (tiktoken vocabularies) or the named error raised, as the library it stands in for does."""
         self.ref.check_disallowed(text)
-        ids, _ = self.fast.encode_batch_flat([text], split_special_tokens=self.ordinary)
+        try:
+            return self.fast.encode(text, split_special_tokens=self.ordinary).ids
+        except UnicodeEncodeError:
+            return self.fast.encode(self.ref.check_text(text), split_special_tokens=self.ordinary).ids
+
+    def encode_ids(self, text: str) -> np.ndarray:
+        """fastokens' flat call (no per-token Python objects); lone surrogates as in :meth:`encode_list`."""
+        self.ref.check_disallowed(text)
+        try:
+            ids, _ = self.fast.encode_batch_flat([text], split_special_tokens=self.ordinary)
+        except UnicodeEncodeError:
+            ids, _ = self.fast.encode_batch_flat([self.ref.check_text(text)], split_special_tokens=self.ordinary)
         return np.frombuffer(ids, dtype=np.uint32)
 
     def encode_chunks(self, pieces: Sequence[Piece], threads: int) -> list[ChunkEncoding]:

@@ -22,6 +22,7 @@ class HFBackend(Backend):
 
     unit: Unit = "char"
     native_threads = True
+    cuts_at_word_starts = True
     library: ClassVar[str] = "tokenizers"
     kind: ClassVar[str] = "hf"
 
@@ -65,6 +66,23 @@ class HFBackend(Backend):
 
     # -- rules ---------------------------------------------------------------------------------------------------
 
+    def exact_cut_blocker(self) -> str | None:
+        """Why no cut can be proven exact: BPE dropout (the library's own encode is random), or a pre-tokenizer
+        that leaves an ordinary text one word (none at all, or Metaspace with ``split=False`` as in Gemma-style
+        files), so there is no word start to cut at. Probed on the tokenizer itself, not read from its name."""
+        import json
+
+        model = json.loads(self.tok.to_str()).get("model") or {}
+        if model.get("dropout"):
+            return f"BPE dropout={model['dropout']}: the library's own encode is random, no merge can equal it"
+        probe = "one two, three.\nfour 5 six"
+        if self.tok.pre_tokenizer is None:
+            return "no pre-tokenizer: the whole input is one word, so no cut falls at a word start"
+        normalized = self.tok.normalizer.normalize_str(probe) if self.tok.normalizer is not None else probe
+        if len(self.tok.pre_tokenizer.pre_tokenize_str(normalized)) < 2:
+            return "the pre-tokenizer leaves an ordinary text one word, so no cut falls at a word start"
+        return None
+
     def longest_special_chars(self) -> int:
         return max((len(t.content) for t in self.tok.get_added_tokens_decoder().values()), default=0)
 
@@ -100,10 +118,17 @@ class HFBackend(Backend):
 
     @staticmethod
     def _edges(enc: Any, piece: Piece) -> ChunkEncoding:
+        """Character spans of the edge tokens, and whether each starts a word (its word index, ``token_to_word``,
+        differs from the previous token's); only edge tokens are asked, never the whole chunk."""
         ids = np.asarray(enc.ids, dtype=np.uint32)
         n = len(ids)
+
+        def starts_word(i: int) -> bool:
+            return i == 0 or enc.token_to_word(i) != enc.token_to_word(i - 1)
+
         hs: list[int] = []
         he: list[int] = []
+        hw: list[bool] = []
         if piece.left_window:
             i = 0
             while i < n:
@@ -112,9 +137,11 @@ class HFBackend(Backend):
                     break
                 hs.append(s)
                 he.append(e)
+                hw.append(starts_word(i))
                 i += 1
         ts: list[int] = []
         te: list[int] = []
+        tw: list[bool] = []
         tail_index = n
         if piece.right_window:
             w0 = len(piece.text) - piece.right_window
@@ -125,6 +152,7 @@ class HFBackend(Backend):
                     break
                 ts.append(s - w0)
                 te.append(e - w0)
+                tw.append(starts_word(i))
                 i -= 1
             tail_index = i + 1
         return ChunkEncoding(
@@ -134,4 +162,6 @@ class HFBackend(Backend):
             tail_index,
             np.asarray(ts[::-1], dtype=np.int64),
             np.asarray(te[::-1], dtype=np.int64),
+            np.asarray(hw, dtype=bool),
+            np.asarray(tw[::-1], dtype=bool),
         )

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lowbit.tokenize.backends.base import Backend, BackendSpec, ChunkEncoding, Piece, Unit, byte_edges, has_surrogate
+from lowbit.tokenize.backends.base import Backend, BackendSpec, ChunkEncoding, Piece, Unit, byte_edges, surrogate_index
 from lowbit.tokenize.presets import LoadedTokenizer
 
 
@@ -95,7 +95,7 @@ class TiktokenBackend(Backend):
 
     def check_text(self, text: str) -> str:
         """Lone surrogates become U+FFFD, as tiktoken itself does (via a UTF-16 round trip), once for the text."""
-        if has_surrogate(text):
+        if surrogate_index(text) >= 0:
             return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
         return text
 
@@ -131,6 +131,11 @@ class TiktokenBackend(Backend):
         if len(texts) == 1:
             return [self.enc.encode(texts[0], allowed_special=allowed, disallowed_special=())]
         return self.enc.encode_batch(texts, num_threads=threads, allowed_special=allowed, disallowed_special=())
+
+    def encode_list(self, text: str) -> list[int]:
+        """tiktoken's own call (it repairs lone surrogates itself), after the ``allowed_special`` check."""
+        self.check_disallowed(text)
+        return self._encode_no_check([text], 1)[0]
 
     def encode_ids(self, text: str) -> np.ndarray:
         self.check_disallowed(text)
