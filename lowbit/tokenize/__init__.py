@@ -18,6 +18,7 @@ The building blocks (backends, the merge, the plan) are importable from their mo
 from lowbit.tokenize.backends import fastokens_available
 from lowbit.tokenize.parallel import EncodeStats, ParallelTokenizer, VerificationError
 from lowbit.tokenize.presets import PRESETS, LoadedTokenizer, MissingVocabularyPackage, load_tokenizer
+from lowbit.tokenize.wrap import parallelize
 
 __all__ = [
     "PRESETS",
@@ -28,4 +29,5 @@ __all__ = [
     "VerificationError",
     "fastokens_available",
     "load_tokenizer",
+    "parallelize",
 ]
