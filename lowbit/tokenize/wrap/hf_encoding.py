@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from lowbit.tokenize.backends import ChunkEncoding, HFBackend, Piece
-from lowbit.tokenize.lopt import LoptConfig, make_plan
+from lowbit.tokenize.lopt import LoptConfig, MergeStats, make_plan
 from lowbit.tokenize.wrap.segments import Segment, lossless_segments
 from lowbit.tokenize.wrap.state_json import ARRAYS, StateArrays, element_bounds, format_numbers, parse_numbers
 
@@ -236,10 +236,14 @@ class LoptEncodeBatch:
         self.config = config
         self.parallelism = parallelism
         self._lock = threading.Lock()
+        #: Why no cut of this pipeline can be proven exact (then every text goes to the library), or None.
+        self.blocker: str | None = rules.exact_cut_blocker()
+        #: The merge statistics of the last text encoded with LoPT (diagnostics and tests).
+        self.last_stats: MergeStats | None = None
 
     def is_long(self, text: Any) -> bool:
-        """Whether ``text`` is one string long enough for LoPT."""
-        return isinstance(text, str) and len(text) >= max(1, self.config.min_parallel_chars)
+        """Whether ``text`` is one string long enough for LoPT (never, when :attr:`blocker` is set)."""
+        return self.blocker is None and isinstance(text, str) and len(text) >= max(1, self.config.min_parallel_chars)
 
     def wants(self, item: Any) -> bool:
         """Whether an ``encode_batch`` input (a text or a ``(text, pair)``) has a text long enough for LoPT."""
@@ -300,5 +304,5 @@ class LoptEncodeBatch:
                 out.extend((HFBackend._edges(e, p), e) for e, p in zip(encs, chunk, strict=True))
             return out
 
-        segments, _ = lossless_segments(text, self.rules, run, plan, self.config.min_match_tokens)
+        segments, self.last_stats = lossless_segments(text, self.rules, run, plan, self.config.min_match_tokens)
         return encoding_from_state(merged_state(segments, type_id))
