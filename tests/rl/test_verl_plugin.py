@@ -163,3 +163,13 @@ def test_unsupported_settings_are_clear_errors():
             data.batch["old_log_probs"], data.batch["rollout_log_probs"], data.batch["response_mask"], rollout_is="ais"
         )
     assert correction_config({"rollout_is": "ais"}).variance == "cv2"
+
+
+def test_verl_dataclass_config_works_like_the_yaml_one():
+    from verl.trainer.config.algorithm import RolloutCorrectionConfig
+
+    typed, m1 = helper.compute_rollout_correction_and_add_to_batch(
+        _data(seed=4), RolloutCorrectionConfig(rollout_is="ais", rollout_is_threshold=2.0)
+    )
+    plain, m2 = helper.compute_rollout_correction_and_add_to_batch(_data(seed=4), _rollout_correction(rollout_is="ais"))
+    assert torch.equal(typed.batch["rollout_is_weights"], plain.batch["rollout_is_weights"]) and m1 == m2
