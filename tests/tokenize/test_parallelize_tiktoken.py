@@ -54,7 +54,7 @@ def test_every_call_equals_the_library(name, get_preset):
             assert fast.encode(text) == enc.encode(text), ctx
     stats = fast._lowbit_parallel.tokenizer(frozenset()).encode_with_stats(texts["mixed"])[1]
     assert stats.path == "lopt" and stats.merge.boundaries >= 8, stats  # the texts are cut many times
-    batch = list(texts.values()) + ["short", ""]
+    batch = [*texts.values(), "short", ""]
     assert fast.encode_ordinary_batch(batch) == enc.encode_ordinary_batch(batch), name
     kw = {"allowed_special": "all"}
     assert fast.encode_batch(batch, num_threads=2, **kw) == enc.encode_batch(batch, num_threads=2, **kw), name
