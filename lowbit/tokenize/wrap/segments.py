@@ -5,7 +5,7 @@ offsets, words or tokens per id (``transformers``' ``offset_mapping``, ``word_id
 piece's kept range ``[lo, hi)`` and the piece's start in the text, so that the piece's own per-token data can be
 sliced and shifted. :func:`lossless_segments` runs the same rule as ``lossless_encode`` (``docs/methods/lopt.md``
 §3: ``split_points``, ``match_boundary``, window enlargement, merging failing boundaries) and returns those
-segments; ``tests/tokenize/test_parallelize_segments.py`` checks that its ids equal ``lossless_encode``'s on texts
+segments; ``tests/tokenize/test_parallelize_internals.py`` checks that its ids equal ``lossless_encode``'s on texts
 with many cuts, retries and merges.
 
 Rule. With final pieces ``P_0..P_m`` (piece ``i`` starts at character ``start_i``) and accepted cuts

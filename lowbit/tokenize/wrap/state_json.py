@@ -10,7 +10,7 @@ as the encoding itself, measured on 1 MB of text). Here every step is a vectoris
 - numbers are runs of digits, their value ``sum(d_k * 10**(run_end - 1 - k))``;
 - numbers are written back at one width, digit by digit (``(v // 10**p) % 10`` for every place ``p``).
 
-Element bounds and values are tested against ``json`` in ``tests/tokenize/test_parallelize_state_json.py``.
+Element bounds and values are tested against ``json`` in ``tests/tokenize/test_parallelize_internals.py``.
 """
 
 from __future__ import annotations
