@@ -97,3 +97,17 @@ def test_pickles_and_closes(get_preset):
         fast.encode_ordinary(text)
     assert fast.encode_ordinary("short") == enc.encode_ordinary("short")
     restored.close()
+
+
+def test_garbage_collection_shuts_the_pool_down(get_preset):
+    import gc
+
+    enc = encoding(get_preset, "cl100k")
+    fast = parallelize(enc, **SMALL)
+    text = make_text("mixed", 4000)
+    assert fast.encode_ordinary(text) == enc.encode_ordinary(text)
+    pt = fast._lowbit_parallel.tokenizer(frozenset())
+    assert pt.strategy != "processes" or pt.pool_size > 0
+    del fast
+    gc.collect()
+    assert pt.pool_size == 0

@@ -1,7 +1,7 @@
 """``parallelize`` for ``transformers`` fast tokenizers (``PreTrainedTokenizerFast`` / ``TokenizersBackend``).
 
 The hook. In transformers 5, every encoding entry point (``__call__`` single and batched, ``encode``,
-``tokenize``, ``apply_chat_template(tokenize=True)``) goes through ``_encode_plus``, which sets truncation and
+``tokenize``) goes through ``_encode_plus``, which sets truncation and
 padding on the ``tokenizers.Tokenizer`` (``self._tokenizer``), makes one ``self._tokenizer.encode_batch(...)``
 call and converts the ``Encoding`` objects it returns. The returned tokenizer is an instance of a subclass of the
 user's class whose ``_encode_plus``, when an input has a text of at least ``min_parallel_chars`` characters, runs
