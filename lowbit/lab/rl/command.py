@@ -1,4 +1,5 @@
-"""``lowbit rl [--quick] [--arms ...] [--seeds N] [--strength ...] [--steps N] [--out DIR]``: the AIS experiment."""
+"""``lowbit rl [--quick] [--engine lowbit|trl] [--arms ...] [--seeds N] [--strength ...] [--steps N] [--out DIR]``:
+the AIS experiment, on lowbit's own GRPO loop or with TRL as the training engine."""
 
 from __future__ import annotations
 
@@ -62,7 +63,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="folder for the results (default rl-results)",
     )
-    p.add_argument("--name", default="rl", help="file stem: NAME.json and NAME.png (default rl)")
+    p.add_argument(
+        "--engine",
+        choices=("lowbit", "trl"),
+        default="lowbit",
+        help="training engine: lowbit's own GRPO loop on the tiny GPT (default), or TRL's GRPOTrainer "
+        "(lowbit.rl.trl.GRPOTrainer) on a Llama of the same sizes; needs pip install 'lowbit[trl]'",
+    )
+    p.add_argument("--name", help="file stem: NAME.json and NAME.png (default rl, or rl_trl with --engine trl)")
     p.set_defaults(func=run)
 
 
@@ -91,20 +99,31 @@ def run(args: argparse.Namespace) -> int:
 
     base = config_from_args(args)
     strengths = args.strength or [base.strength]
+    engine_sft, engine_run = sft, run_experiment
+    if args.engine == "trl":
+        from lowbit.lab.rl import trl_experiment
+
+        engine_sft, engine_run = trl_experiment.sft, trl_experiment.run_experiment
+    name = args.name or ("rl_trl" if args.engine == "trl" else "rl")
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"--name must be letters, digits, '-' or '_', got {name!r}")
     start = time.perf_counter()
-    init = sft(base, print)
+    init = engine_sft(base, print)
     print(f"sft: {init[1]}")
     experiments = []
     for s in strengths:
         cfg = replace(base, strength=s)
         print(f"== dose {s}: arms {', '.join(cfg.arms)}; {cfg.seeds} seeds; {cfg.rl_steps} steps")
-        exp = run_experiment(cfg, print, init=init, jobs=args.jobs)
+        exp = engine_run(cfg, print, init=init, jobs=args.jobs)
         experiments.append(exp)
         print_rich_table(f"final table, dose {s} (± = sd over seeds)", TABLE_HEADER, table_rows(exp["table"]))
-    payload = {"quick": args.quick, "seconds": time.perf_counter() - start, "experiments": experiments}
-    if not args.name or not args.name.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"--name must be letters, digits, '-' or '_', got {args.name!r}")
-    for path in write_outputs(payload, args.out, name=args.name):
+    payload = {
+        "quick": args.quick,
+        "engine": args.engine,
+        "seconds": time.perf_counter() - start,
+        "experiments": experiments,
+    }
+    for path in write_outputs(payload, args.out, name=name):
         print(f"wrote {path}")
     for exp in experiments:
         dose = f" (dose {exp['config']['strength']})" if len(experiments) > 1 else ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -42,7 +43,7 @@ def table_rows(table: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
             _pm(r, "alpha_tail"),
             _pm(r, "ess_tail", 4),
             _pm(r, "mean_abs_logratio_tail", 4),
-            f"{100 * r['correction_share']:.2f}%",
+            "n/a" if math.isnan(r["correction_share"]) else f"{100 * r['correction_share']:.2f}%",
         ]
         for r in table
     ]

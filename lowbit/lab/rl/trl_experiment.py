@@ -1,0 +1,358 @@
+"""The AIS experiment with TRL as the training engine (``lowbit rl --engine trl``).
+
+The same study as :mod:`lowbit.lab.rl.experiment` (same task, same sizes, same arms and table), but the policy is
+a ``transformers`` Llama and every GRPO step is TRL's (:class:`lowbit.rl.trl.GRPOTrainer`, a ``trl.GRPOTrainer``):
+
+1. A Llama with the GPT's sizes (``hidden = d_model``, ``n_layer`` layers, ``n_head`` heads, MLP ``4·d_model``,
+   untied head) over the task's characters plus a pad token learns reversed-digit addition by supervised
+   fine-tuning until its greedy held-out accuracy reaches ``sft_target``; every arm and seed starts from it.
+2. GRPO with TRL: ``prompts_per_step`` prompts × ``group`` completions per step, one optimiser step per
+   generation batch (π_θ = π_old: the only off-policyness is the rollout mismatch), TRL's Adam, constant learning
+   rate, ``loss_agg`` mapped to TRL's loss type (token-mean -> ``dapo``, seq-mean-token-mean -> ``grpo``,
+   seq-mean-token-sum-norm -> ``dr_grpo``), ε = ``clip``, no KL, float32 trainer (``bf16=False``), sampling at
+   temperature 1 over the full vocabulary. Reward 1 for the exact answer followed by EOS (the task's rule).
+3. Arms: ``fp32`` samples with the float32 policy itself; the ``fp8-*`` arms sample from the policy fake-quantized
+   at the dose ``strength`` (``rollout_precision``) with the arm's correction. Seeds fix TRL's seed (data order,
+   sampling) and the prompt set.
+
+Results have the layout of :func:`lowbit.lab.rl.experiment.run_experiment` (plus ``"engine": "trl"``), so the
+table, the Welch conclusion and the plots are the same code.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lowbit.lab.rl.experiment import ARMS, ExperimentConfig, _cfg_dict, final_table
+from lowbit.lab.rl.task import EOS, VOCAB, AdditionTask
+from lowbit.rl.rollout_precision import RolloutPrecision, fake_quantized
+
+__all__ = ["LOSS_TYPES", "build_llama", "build_tokenizer", "greedy_accuracy", "run_arm", "run_experiment", "sft"]
+
+PAD = len(VOCAB)  # the pad token follows the task's 13 characters; ids 0..12 are the task's own
+
+#: lowbit's loss aggregation -> TRL's loss type with the same normaliser (one optimiser step per generation batch).
+LOSS_TYPES: Mapping[str, str] = {
+    "token-mean": "dapo",
+    "seq-mean-token-mean": "grpo",
+    "seq-mean-token-sum-norm": "dr_grpo",
+}
+
+#: Per-step logs: lab key -> key in TRL's log history.
+_LOGGED = {
+    "reward": "reward",
+    "entropy": "entropy",
+    "grad_norm": "grad_norm",
+    **{
+        k: f"correction/{k}"
+        for k in (
+            "alpha",
+            "alpha_hat",
+            "ess_ratio",
+            "ess_ratio_seq",
+            "mean_abs_logratio",
+            "max_abs_logratio",
+            "kl_k3",
+            "variance_amplification",
+            "frac_above_cap",
+            "frac_rejected",
+            "coef_mean",
+        )
+    },
+}
+
+
+def build_tokenizer() -> Any:
+    """Character tokenizer of the task (ids = the task's: digits, ``+``, ``=``, EOS ``;``) plus ``<pad>``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(VOCAB)} | {"<pad>": PAD}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tk.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token=VOCAB[EOS])
+
+
+def build_llama(config: ExperimentConfig, seed: int) -> Any:
+    """A random Llama with the sizes of ``config.model`` (deterministic in ``seed``)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    m = config.model
+    cfg = LlamaConfig(
+        vocab_size=len(VOCAB) + 1,
+        hidden_size=m.d_model,
+        intermediate_size=4 * m.d_model,
+        num_hidden_layers=m.n_layer,
+        num_attention_heads=m.n_head,
+        num_key_value_heads=m.n_head,
+        max_position_embeddings=m.block_size,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg)
+
+
+@torch.no_grad()
+def greedy_accuracy(
+    model: Any, task: AdditionTask, n: int, *, precision: RolloutPrecision | None = None, batch: int = 256
+) -> float:
+    """Greedy held-out accuracy (answer and EOS exact) of ``model``, or of its FP8 engine with ``precision``."""
+    prompts, targets = task.test_set(n)
+    was_training = model.training
+    model.eval()
+    correct = 0.0
+    try:
+        for i in range(0, n, batch):
+            p = prompts[i : i + batch]
+            with fake_quantized(model, precision) if precision is not None else torch.no_grad():
+                out = model.generate(
+                    input_ids=p,
+                    attention_mask=torch.ones_like(p),
+                    max_new_tokens=task.answer_len,
+                    do_sample=False,
+                    pad_token_id=PAD,
+                    eos_token_id=EOS,
+                )
+            resp = out[:, p.shape[1] :]
+            resp = F.pad(resp, (0, task.answer_len - resp.shape[1]), value=PAD)
+            correct += float(task.reward(resp, targets[i : i + batch]).sum())
+    finally:
+        model.train(was_training)
+    return correct / n
+
+
+def sft(config: ExperimentConfig, log: Callable[[str], None] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Supervised warm start of the Llama (teacher forcing on the answer), stopped at greedy accuracy
+    ``>= sft_target``; returns (state dict, info)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        task = AdditionTask(config.digits)
+        g = torch.Generator().manual_seed(config.sft_seed)
+        model = build_llama(config, config.sft_seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=config.sft_lr, weight_decay=0.0)
+        p = task.prompt_len
+        acc, step = 0.0, 0
+        start = time.perf_counter()
+        model.train()
+        for step in range(1, config.sft_max_steps + 1):
+            prompts, answers = task.sample_train(config.sft_batch, g)
+            seq = torch.cat([prompts, answers], dim=1)
+            logits = model(input_ids=seq[:, :-1]).logits[:, p - 1 :]
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), seq[:, p:].reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step % config.sft_eval_every == 0:
+                acc = greedy_accuracy(model, task, config.eval_size)
+                if log:
+                    log(f"sft step {step}: loss {float(loss.detach()):.3f}, greedy accuracy {acc:.3f}")
+                if acc >= config.sft_target:
+                    break
+        info = {"steps": step, "greedy_accuracy": acc, "seconds": time.perf_counter() - start}
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}, info
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _dataset(config: ExperimentConfig, seed: int) -> Any:
+    """``rl_steps · prompts_per_step`` training prompts (text) with their target answers (text, EOS excluded)."""
+    from datasets import Dataset
+
+    task = AdditionTask(config.digits)
+    g = torch.Generator().manual_seed(1_000 + seed)
+    prompts, targets = task.sample_train(config.rl_steps * config.prompts_per_step, g)
+    return Dataset.from_dict(
+        {
+            "prompt": [task.decode(x) for x in prompts],
+            "target": [task.decode(t[:-1]) for t in targets],
+        }
+    )
+
+
+def exact_answer_reward(completion_ids: list[list[int]], target: list[str], **_: Any) -> list[float]:
+    """1.0 when the completion is the target digits followed by EOS (the task's reward), else 0.0."""
+    return [float(ids == [VOCAB.index(c) for c in t] + [EOS]) for ids, t in zip(completion_ids, target, strict=True)]
+
+
+def _grpo_args(config: ExperimentConfig, seed: int, out_dir: str) -> Any:
+    from trl import GRPOConfig
+
+    task = AdditionTask(config.digits)
+    if config.loss_agg not in LOSS_TYPES:
+        raise ValueError(f"loss_agg must be one of {sorted(LOSS_TYPES)}, got {config.loss_agg!r}")
+    return GRPOConfig(
+        output_dir=out_dir,
+        per_device_train_batch_size=config.prompts_per_step * config.group,
+        num_generations=config.group,
+        max_completion_length=task.answer_len,
+        max_steps=config.rl_steps,
+        learning_rate=config.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=config.grad_clip,
+        loss_type=LOSS_TYPES[config.loss_agg],
+        epsilon=config.clip[0],
+        epsilon_high=config.clip[1],
+        beta=0.0,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        bf16=False,
+        use_cpu=True,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=1_000 + seed,
+        dataloader_num_workers=0,
+    )
+
+
+def run_arm(config: ExperimentConfig, arm_name: str, seed: int, init_state: Mapping[str, torch.Tensor]) -> dict:
+    """One GRPO run with TRL; returns per-step logs and evaluations in the layout of the lab's ``run_arm``."""
+    from transformers import TrainerCallback
+
+    from lowbit.rl.trl import GRPOTrainer
+
+    arm = ARMS[arm_name]
+    task = AdditionTask(config.digits)
+    model = build_llama(config, 0)
+    model.load_state_dict(dict(init_state))
+    precision = config.quant if arm.rollout == "fp8" else None
+    evals: dict[str, list[float]] = {"step": [], "acc_fp32": [], "acc_fp8": []}
+
+    def evaluate(step: int) -> None:
+        evals["step"].append(step)
+        evals["acc_fp32"].append(greedy_accuracy(model, task, config.eval_size))
+        evals["acc_fp8"].append(greedy_accuracy(model, task, config.eval_size, precision=config.quant))
+
+    class Evaluate(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step % config.eval_every == 0 or state.global_step == config.rl_steps:
+                evaluate(state.global_step)
+
+    evaluate(0)
+    with tempfile.TemporaryDirectory() as out_dir, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=exact_answer_reward,
+            args=_grpo_args(config, seed, out_dir),
+            train_dataset=_dataset(config, seed),
+            processing_class=build_tokenizer(),
+            callbacks=[Evaluate()],
+            correction=arm.correction,
+            rollout_precision=precision,
+        )
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # the per-step logs are kept in the results, not printed
+        t0 = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - t0
+    history = [h for h in trainer.state.log_history if "loss" in h and "step" in h]
+    steps: dict[str, list[float]] = {"step": [float(h["step"]) for h in history]}
+    for key, trl_key in _LOGGED.items():
+        steps[key] = [float(h.get(trl_key, math.nan)) for h in history]
+    step_times = [float(h["step_time"]) for h in history if "step_time" in h]
+    return {
+        "arm": arm_name,
+        "seed": seed,
+        "steps": steps,
+        "evals": evals,
+        "seconds_train": seconds,
+        "seconds_step_total": sum(step_times),
+        # The correction is not timed separately inside TRL; NaN keeps the table's column honest.
+        "correction_share": math.nan,
+    }
+
+
+def _timed_run(config: ExperimentConfig, name: str, seed: int, init_state: Mapping[str, torch.Tensor]) -> dict:
+    torch.set_num_threads(config.threads)
+    t0 = time.perf_counter()
+    res = run_arm(config, name, seed, init_state)
+    res["seconds_wall"] = time.perf_counter() - t0
+    return res
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    log: Callable[[str], None] | None = None,
+    *,
+    init: tuple[Mapping[str, torch.Tensor], dict] | None = None,
+    jobs: int = 1,
+) -> dict[str, Any]:
+    """SFT once (or reuse ``init``), then every arm × seed with TRL; ``jobs`` worker processes. The layout of
+    :func:`lowbit.lab.rl.experiment.run_experiment` plus ``"engine": "trl"``."""
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"jobs must be a positive int, got {jobs!r}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        start = time.perf_counter()
+        init_state, sft_info = sft(config, log) if init is None else init
+        tasks = [(seed, name) for seed in range(config.seeds) for name in config.arms]
+
+        def report(res: Mapping[str, Any]) -> None:
+            if log:
+                log(
+                    f"[trl] {res['arm']} seed {res['seed']}: final acc {res['evals']['acc_fp32'][-1]:.3f}, "
+                    f"reward tail {statistics.fmean(res['steps']['reward'][-config.tail :]):.3f} "
+                    f"({res['seconds_wall']:.1f} s)"
+                )
+
+        runs = _run_all(config, tasks, init_state, jobs, report)
+        return {
+            "engine": "trl",
+            "config": asdict(config),
+            "arms": {n: {"rollout": ARMS[n].rollout, "correction": _cfg_dict(ARMS[n].correction)} for n in config.arms},
+            "sft": sft_info,
+            "runs": runs,
+            "table": final_table(runs, config),
+            "seconds": time.perf_counter() - start,
+        }
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_all(
+    config: ExperimentConfig,
+    tasks: Sequence[tuple[int, str]],
+    init_state: Mapping[str, torch.Tensor],
+    jobs: int,
+    report: Callable[[Mapping[str, Any]], None],
+) -> list[dict[str, Any]]:
+    if jobs == 1 or len(tasks) == 1:
+        runs = []
+        for seed, name in tasks:
+            runs.append(_timed_run(config, name, seed, init_state))
+            report(runs[-1])
+        return runs
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    state = {k: v.detach().clone() for k, v in init_state.items()}
+    out: dict[tuple[int, str], dict[str, Any]] = {}
+    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_timed_run, config, name, seed, state): (seed, name) for seed, name in tasks}
+        for fut in as_completed(futures):
+            res = fut.result()
+            out[futures[fut]] = res
+            report(res)
+    return [out[t] for t in tasks]
