@@ -70,13 +70,15 @@ class Int8KVConfig:
             ``k_block`` tokens, with a float residual for the unfinished block).
         k_block: tokens per key block in ``"channel"`` mode.
         reserve: tokens allocated beyond the first ``update`` (room for decoding without a copy).
-        growth: capacity factor when the storage is full (geometric growth, > 1).
+        growth: capacity factor when the storage is full (geometric growth, > 1). The default 1.125 keeps the
+            allocated bytes within 12.5% of the stored ones (<= 0.30x float32 at head dims 64 and 128) for about
+            nine copies of the cache over a whole generation.
     """
 
     k_granularity: KGranularity = "token"
     k_block: int = 128
-    reserve: int = 256
-    growth: float = 1.5
+    reserve: int = 64
+    growth: float = 1.125
 
     def __post_init__(self) -> None:
         if self.k_granularity not in ("token", "channel"):
