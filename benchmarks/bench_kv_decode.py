@@ -137,9 +137,7 @@ def decode_rows(model: Any, contexts: list[int], steps: int) -> list[dict[str, A
             results[name] = {"ms_per_token": float(torch.tensor(times[1:]).median()) * 1e3, "kv_bytes": kv}
         base = results["float32"]
         for name, r in results.items():
-            rel = max(
-                float((a - b).norm() / b.norm()) for a, b in zip(logits[name], logits["float32"], strict=True)
-            )
+            rel = max(float((a - b).norm() / b.norm()) for a, b in zip(logits[name], logits["float32"], strict=True))
             rows.append(
                 {
                     "context": ctx,
