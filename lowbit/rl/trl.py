@@ -45,7 +45,8 @@ these machines: it is exercised in the tests with a stand-in engine returning re
 **Metrics**, logged at every optimisation step: ``correction/<key>`` for every key of
 :data:`lowbit.rl.METRIC_KEYS` (``correction/alpha``, ``correction/ess_ratio``, ``correction/mean_abs_logratio``,
 ...), plus verl's names where the quantity is the same (:data:`VERL_METRIC_NAMES`) and TRL's
-``sampling/sampling_logp_difference/{mean,max}``.
+``sampling/sampling_logp_difference/{mean,max}``, and ``correction/seconds`` (wall time of the ``correction()``
+call for the generation batch).
 
 ``trl`` is imported only when :class:`GRPOTrainer` is first accessed, so ``import lowbit.rl.trl`` works without it.
 """
@@ -54,6 +55,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -312,9 +314,11 @@ def _trainer_class() -> type:
                 if self.use_vllm:  # TRL stores π_old under vLLM; the loss then uses it, as TRL's own path does
                     output["old_per_token_logps"] = old
             group = torch.distributed.group.WORLD if self.accelerator.num_processes > 1 else None
+            t0 = time.perf_counter()
             result = correction(
                 old, sampling, loss_mask.bool(), output["advantages"], cfg, self.correction_state, process_group=group
             )
+            seconds = time.perf_counter() - t0
             if mode == "train":
                 self.correction_state = result.state
             # Factors at valid tokens (0 where rejected); 1 at padding, as TRL's own ratio, so the mask decides there.
@@ -327,7 +331,7 @@ def _trainer_class() -> type:
             # Recount TRL's normaliser of the dapo/cispo losses over the kept tokens (a collective: every rank).
             kept = completion_mask * output["tool_mask"] if "tool_mask" in output else completion_mask
             output["num_items_in_batch"] = self.accelerator.gather(kept.sum()).sum()
-            self._correction_metrics[mode] = correction_metrics(result)
+            self._correction_metrics[mode] = correction_metrics(result) | {"correction/seconds": seconds}
             return output
 
         # ------------------------------------------------------------ the loss: TRL's, with its ratio line on

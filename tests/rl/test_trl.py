@@ -132,7 +132,8 @@ def test_trains_two_steps_with_every_mode_and_loss_type(tmp_path: Path) -> None:
         steps = [h for h in trainer.state.log_history if "loss" in h]
         assert len(steps) == 2, mode
         for h in steps:
-            for key in ("correction/alpha", "correction/ess_ratio", "correction/mean_abs_logratio", "rollout_corr/kl"):
+            keys = ("correction/alpha", "correction/ess_ratio", "correction/mean_abs_logratio", "rollout_corr/kl")
+            for key in (*keys, "correction/seconds"):
                 assert key in h and math.isfinite(h[key]), (mode, key)
             assert h["correction/mean_abs_logratio"] > 0  # FP8 rollouts differ from the float32 trainer
             assert math.isfinite(h["loss"])

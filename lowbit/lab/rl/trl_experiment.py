@@ -270,16 +270,18 @@ def run_arm(config: ExperimentConfig, arm_name: str, seed: int, init_state: Mapp
     steps: dict[str, list[float]] = {"step": [float(h["step"]) for h in history]}
     for key, trl_key in _LOGGED.items():
         steps[key] = [float(h.get(trl_key, math.nan)) for h in history]
-    step_times = [float(h["step_time"]) for h in history if "step_time" in h]
+    step_time = sum(float(h.get("step_time", 0.0)) for h in history)
+    correction_time = sum(float(h.get("correction/seconds", 0.0)) for h in history)
     return {
         "arm": arm_name,
         "seed": seed,
         "steps": steps,
         "evals": evals,
         "seconds_train": seconds,
-        "seconds_step_total": sum(step_times),
-        # The correction is not timed separately inside TRL; NaN keeps the table's column honest.
-        "correction_share": math.nan,
+        "seconds_step_total": step_time,
+        "seconds_correction_total": correction_time,
+        # correction() per generation batch against TRL's whole optimiser step (generation, scoring, loss, Adam).
+        "correction_share": correction_time / step_time if step_time > 0 else 0.0,
     }
 
 

@@ -40,6 +40,9 @@ def test_two_arm_run_fills_the_lab_table(tmp_path) -> None:
         assert run["steps"]["step"] == [1.0, 2.0] and run["evals"]["step"] == [0, 2]
         assert all(math.isfinite(x) for x in run["steps"]["reward"] + run["steps"]["alpha"])
     assert runs["fp32"]["steps"]["alpha"] == [0.0, 0.0]
+    for row in exp["table"]:  # every column is a number (the lab's final_table needs no NaN)
+        assert all(math.isfinite(v) for v in row.values() if isinstance(v, float))
+        assert 0 < row["correction_share"] < 1
     assert min(runs["fp8-ais"]["steps"]["mean_abs_logratio"]) > min(runs["fp32"]["steps"]["mean_abs_logratio"])
 
 
