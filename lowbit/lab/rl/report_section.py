@@ -93,7 +93,8 @@ def run(ctx: SectionContext) -> SectionOutput:
         out.text(provenance(saved, path.name, ctx.results))
         for sexp in saved["experiments"]:
             lr = sexp["config"]["lr"]
-            label = f"saved run {path.name} (lr {lr:g}, written {saved.get('written', '?')})"
+            engine = "TRL engine, " if saved.get("engine") == "trl" else ""  # lowbit rl --engine trl
+            label = f"saved run {path.name} ({engine}lr {lr:g}, written {saved.get('written', '?')})"
             # quick mode keeps to its time budget: the figure of the main run only (PNGs of all are saved beside)
             _show(out, sexp, label, figure=not ctx.quick or path.name == "rl.json")
         out.summary[f"saved:{path.name}"] = [_summary(e) for e in saved["experiments"]]
