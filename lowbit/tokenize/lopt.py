@@ -13,6 +13,12 @@ consecutive matches is accepted; the cut is at the start of a token of the run t
 start differs from its predecessor's (byte tokens splitting one character share a character span). The output
 takes piece ``i`` up to the cut and piece ``i+1`` from it, by index slicing.
 
+A clean anchor also starts a pre-token (word) in both chunks where ``backend.cuts_at_word_starts`` (HF
+tokenizers): then each word is tokenized whole on one side, which makes the cut provably exact
+(``docs/tokenize.md``, "Why the merge is exact"). Boundaries whose windows, up to the largest a retry reaches,
+hold no place to cut (``Backend.may_cut``) are merged before encoding; when every boundary of the first round
+fails (two or more, each window at least ``2·edge + 16`` units), all are merged at once instead of retried.
+
 A boundary with no accepted run is retried with a larger window: piece ``i`` is extended right and piece
 ``i+1`` left by the current window length (the window triples), at most ``max_retries`` times. Boundaries that
 still fail merge their two pieces into one, which is encoded as one sequential call; merging repeats until no
@@ -82,13 +88,16 @@ class Plan:
 @dataclass(frozen=True)
 class MergeStats:
     """What the merge did: pieces encoded, boundaries retried with a larger window, boundaries merged, and the
-    characters of the merged pieces (the sequential fallback's span)."""
+    characters of the merged pieces (the sequential fallback's span). ``premerged`` of the ``merges`` were merged
+    before any encoding, because no window that the retries could reach holds a place to cut
+    (:meth:`~lowbit.tokenize.backends.Backend.may_cut`): such text costs one sequential call, not the retries."""
 
     pieces: int
     boundaries: int
     retries: int
     merges: int
     fallback_chars: int
+    premerged: int = 0
 
 
 def make_plan(n: int, workers: int, backend: Backend, config: LoptConfig) -> Plan:
@@ -201,6 +210,10 @@ def lossless_encode(
     bounds = [list(b) for b in split_points(n, plan.chunk_chars, plan.overlap_chars)]
     encs: list[ChunkEncoding | None] = [None] * len(bounds)
     retries = merges = fallback = 0
+    hopeless = hopeless_boundaries(text, bounds, backend, plan)
+    if hopeless:
+        fallback += _merge(bounds, encs, hopeless)
+        merges += len(hopeless)
     rounds = 0
     total_pieces = 0
     while True:
@@ -211,10 +224,12 @@ def lossless_encode(
             for i, enc in zip(todo, run(pieces), strict=True):
                 encs[i] = enc
         cuts: list[tuple[int, int] | None] = []
+        roomy = True  # every window leaves room for a run of matches between its two excluded edges
         for b in range(len(bounds) - 1):
             left, right = encs[b], encs[b + 1]
             assert left is not None and right is not None
             w = _window_units(backend, text, bounds[b + 1][0], bounds[b][1])
+            roomy = roomy and w >= 2 * backend.edge_units + 16
             cuts.append(match_boundary(left, right, w, backend, min_match))
         # Cuts must not cross inside a piece (windows of one piece may overlap after enlargement).
         for b in range(1, len(cuts)):
@@ -223,7 +238,11 @@ def lossless_encode(
         failing = [b for b, c in enumerate(cuts) if c is None]
         if not failing:
             break
-        if rounds < plan.max_retries:
+        # Every boundary of the first round failed although each window had room for a match: the text has no
+        # place to cut (a digit run grouped in threes from each piece's own start, an unsplit script); retrying
+        # every boundary would re-encode the whole text up to max_retries times before the same fallback.
+        give_up = rounds == 0 and roomy and len(failing) == len(cuts) >= 2
+        if rounds < plan.max_retries and not give_up:
             retries += len(failing)
             merge_set = set()
             for b in failing:
@@ -242,7 +261,7 @@ def lossless_encode(
             fallback += _merge(bounds, encs, failing)
             merges += len(failing)
         rounds += 1
-    stats = MergeStats(total_pieces, len(bounds) - 1, retries, merges, fallback)
+    stats = MergeStats(total_pieces, len(bounds) - 1, retries, merges, fallback, len(hopeless))
     parts = []
     for i, enc in enumerate(encs):
         assert enc is not None
@@ -250,6 +269,24 @@ def lossless_encode(
         hi = cuts[i][0] if i < len(cuts) else len(enc.ids)
         parts.append(enc.ids[lo:hi])
     return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)), stats
+
+
+def hopeless_boundaries(text: str, bounds: Sequence[Sequence[int]], backend: Backend, plan: Plan) -> list[int]:
+    """Boundaries where no cut can be accepted: neither the first window nor the largest window the retries can
+    reach (``3**max_retries`` times the first, clipped to the two pieces) passes ``backend.may_cut``.
+
+    Merging them before encoding changes no id (a merge is one sequential call); it only saves the chunk
+    encodings and retries that would fail anyway (a 1 MB word under WordPiece: 7 retried boundaries and a
+    sequential call, 4.7x the library, became one call)."""
+    out = []
+    for b in range(len(bounds) - 1):
+        lo, hi = bounds[b + 1][0], bounds[b][1]
+        if backend.may_cut(text[lo:hi]):
+            continue
+        reach = (hi - lo) * (3**plan.max_retries - 1) // 2
+        if not backend.may_cut(text[max(bounds[b][0], lo - reach) : min(bounds[b + 1][1], hi + reach)]):
+            out.append(b)
+    return out
 
 
 def _span(bounds: list[list[int]], i: int) -> tuple[int, int, int, int]:

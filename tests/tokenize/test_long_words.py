@@ -150,3 +150,26 @@ def test_bpe_dropout_is_refused_as_a_cut():
 def test_presets_have_no_blocker(get_backend):
     for name in ALL_PRESETS:
         assert get_backend(name).exact_cut_blocker() is None, name
+
+
+def test_a_word_longer_than_every_window_is_one_call_not_retries(get_preset, get_backend):
+    """No window the retries could reach holds a word start: the boundaries are merged before any encoding."""
+    tok = get_preset("bert")
+    text = "a" * 50_000
+    ids, stats = run_lopt(get_backend("bert"), text, 4096, 64)
+    assert ids == reference(tok.obj, text) == [100]  # one [UNK]: longer than max_input_chars_per_word
+    assert stats.premerged == stats.merges == 12 and stats.pieces == 1 and stats.retries == 0
+    mixed = "word " * 2000 + "a" * 20_000 + " word" * 2000  # only the boundaries inside the long word
+    ids, stats = run_lopt(get_backend("bert"), mixed, 4096, 64)
+    assert ids == reference(tok.obj, mixed)
+    assert 0 < stats.premerged < stats.boundaries + stats.merges
+
+
+def test_every_first_round_boundary_failing_falls_back_at_once(get_preset, get_backend):
+    """A digit run grouped in threes from each piece's own start: no retries, one fallback, identical ids."""
+    rng = random.Random(1)
+    text = "".join(rng.choice(string.digits) for _ in range(40_000))
+    for name in ("deepseek-v4", "cl100k"):
+        ids, stats = run_lopt(get_backend(name), text, 4096, 64)
+        assert ids == reference(get_preset(name).obj, text), name
+        assert (stats.retries, stats.merges, stats.fallback_chars, stats.pieces) == (0, 9, len(text), 11), name

@@ -196,6 +196,12 @@ class Backend:
         chunks one after another in the caller when there is one worker."""
         return "processes" if parallelism > 1 else "inline"
 
+    def may_cut(self, window: str) -> bool:
+        """Whether a cut could be accepted inside ``window`` (a boundary's overlap, or the largest one its retries
+        reach). False only when certainly not; it decides speed, never ids (a refused boundary is merged and
+        encoded as one call). Default: True."""
+        return True
+
     def exact_cut_blocker(self) -> str | None:
         """Why no cut of this tokenizer's input can be proven exact (then every text is one sequential call and
         :class:`~lowbit.tokenize.EncodeStats` says so), or None. Default: None."""

@@ -83,6 +83,22 @@ class HFBackend(Backend):
             return "the pre-tokenizer leaves an ordinary text one word, so no cut falls at a word start"
         return None
 
+    def may_cut(self, window: str) -> bool:
+        """A cut needs a word start at least ``edge_units`` from both ends of the window: the normalizer and the
+        pre-tokenizer run on the window alone (a 64-character window costs microseconds) and must split it there.
+
+        >>> from lowbit.tokenize import load_tokenizer
+        >>> b = HFBackend.from_tokenizer(load_tokenizer("bert").obj)
+        >>> b.may_cut("x" * 20 + " word " + "y" * 20), b.may_cut("a" * 60)
+        (True, False)
+        """
+        pre = self.tok.pre_tokenizer
+        if pre is None:
+            return False
+        norm = self.tok.normalizer.normalize_str(window) if self.tok.normalizer is not None else window
+        edge = self.edge_units
+        return any(edge <= start <= len(norm) - edge for _, (start, _) in pre.pre_tokenize_str(norm)[1:])
+
     def longest_special_chars(self) -> int:
         return max((len(t.content) for t in self.tok.get_added_tokens_decoder().values()), default=0)
 
