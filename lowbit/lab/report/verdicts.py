@@ -33,6 +33,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from lowbit.lab.rl.compare import welch_p  # one Welch test for the lab (re-exported here)
+
 __all__ = [
     "CLAIMS",
     "PAPERS",
@@ -112,63 +114,6 @@ class VerdictRow:
     def as_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (as written to ``summary.json["verdicts"]``)."""
         return asdict(self)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Statistics
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the regularised incomplete beta function (modified Lentz)."""
-    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        m2 = 2 * m
-        for num in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-14:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta ``I_x(a, b)``."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def welch_p(mean1: float, sd1: float, n1: int, mean2: float, sd2: float, n2: int) -> float:
-    """Two-sided p-value of Welch's t-test from means, sample standard deviations and counts.
-
-    ``t = (m1 - m2) / sqrt(s1²/n1 + s2²/n2)``, Welch-Satterthwaite degrees of freedom ``ν``, and
-    ``p = I_{ν/(ν+t²)}(ν/2, 1/2)``. The AIS main run (6 seeds): AIS vs uncorrected FP8 accuracy gives 0.22.
-
-    >>> round(welch_p(0.548177, 0.0537115, 6, 0.513672, 0.034121, 6), 2)
-    0.22
-    >>> welch_p(1.0, 0.0, 3, 1.0, 0.0, 3)
-    1.0
-    """
-    if n1 < 2 or n2 < 2:
-        raise ValueError(f"Welch's test needs at least 2 samples per group, got {n1} and {n2}")
-    v1, v2 = sd1 * sd1 / n1, sd2 * sd2 / n2
-    if v1 + v2 == 0.0:
-        return 1.0 if mean1 == mean2 else 0.0
-    t = (mean1 - mean2) / math.sqrt(v1 + v2)
-    df = (v1 + v2) ** 2 / (v1 * v1 / (n1 - 1) + v2 * v2 / (n2 - 1))
-    return _betainc(df / 2.0, 0.5, df / (df + t * t))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -308,6 +253,8 @@ def _judge_ais(other: str, other_name: str) -> Callable[[Claim, Mapping[str, Any
         delta = float(a["acc_fp32"]) - float(b["acc_fp32"])
         p = welch_p(float(a["acc_fp32"]), float(a["acc_fp32_sd"]), seeds, float(b["acc_fp32"]),
                     float(b["acc_fp32_sd"]), seeds)  # fmt: skip
+        if math.isnan(p):
+            raise NotMeasured(f"the {source} has {seeds} seed(s) and no spread to test: Welch's p is undefined")
         assert claim.tolerance is not None
         ok = delta > 0 and p < claim.tolerance
         sig = "significant" if p < claim.tolerance else "not significant"
