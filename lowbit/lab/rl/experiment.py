@@ -301,40 +301,39 @@ def run_experiment(
     *,
     init: tuple[Mapping[str, torch.Tensor], dict] | None = None,
     jobs: int = 1,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
-    """SFT once (or reuse ``init`` = :func:`sft`'s result), then every arm x seed.
+    """SFT once (or reuse ``init`` = the engine's SFT result), then every arm x seed.
 
     ``jobs`` > 1 runs the arm x seed runs in that many worker processes (``config.threads`` torch threads
     each). Every run draws only from its own seeded generators, so the results do not depend on ``jobs``.
-    Returns a JSON-serialisable dict with the config, per-run logs and the final table.
+    ``engine`` swaps the training engine (default: this module's tiny GPT loop; the TRL engine is
+    :data:`lowbit.lab.rl.trl_experiment.ENGINE`). Returns a JSON-serialisable dict with the config, per-run
+    logs and the final table (plus ``"engine"`` for a non-default engine).
     """
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs must be a positive int, got {jobs!r}")
+    engine = DEFAULT_ENGINE if engine is None else engine
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
         start = time.perf_counter()
-        init_state, sft_info = sft(config, log) if init is None else init
+        init_state, sft_info = engine.sft(config, log) if init is None else init
         tasks = [(seed, name) for seed in range(config.seeds) for name in config.arms]
 
         def report(res: Mapping[str, Any]) -> None:
             if log:
                 log(
-                    f"{res['arm']} seed {res['seed']}: final acc {res['evals']['acc_fp32'][-1]:.3f}, "
+                    f"{engine.label}{res['arm']} seed {res['seed']}: final acc {res['evals']['acc_fp32'][-1]:.3f}, "
                     f"reward tail {statistics.fmean(res['steps']['reward'][-config.tail :]):.3f} "
                     f"({res['seconds_wall']:.1f} s)"
                 )
 
-        if jobs == 1 or len(tasks) == 1:
-            runs = []
-            for seed, name in tasks:
-                runs.append(_timed_run(config, name, seed, init_state))
-                report(runs[-1])
-        else:
-            runs = _run_parallel(config, tasks, init_state, jobs, report)
-        cfg = asdict(config)
+        runs = run_tasks(config, tasks, init_state, jobs, report, engine)
+        out = {} if engine.name is None else {"engine": engine.name}
         return {
-            "config": cfg,
+            **out,
+            "config": asdict(config),
             "arms": {n: {"rollout": ARMS[n].rollout, "correction": _cfg_dict(ARMS[n].correction)} for n in config.arms},
             "sft": sft_info,
             "runs": runs,
@@ -345,6 +344,54 @@ def run_experiment(
         torch.set_num_threads(threads)
 
 
+@dataclass(frozen=True)
+class Engine:
+    """A training engine for :func:`run_experiment`: its SFT warm start and its picklable per-run function
+    ``timed_run(config, arm_name, seed, init_state) -> run dict`` (with ``seconds_wall``), the process start
+    method its worker pools need, and a name recorded in the results (None for the default engine)."""
+
+    sft: Callable[..., tuple[dict[str, torch.Tensor], dict]]
+    timed_run: Callable[[ExperimentConfig, str, int, Mapping[str, torch.Tensor]], dict]
+    start_method: str | None = None  # None: fork where available, else spawn
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """Prefix of the progress lines (``"[trl] "`` for a named engine)."""
+        return "" if self.name is None else f"[{self.name}] "
+
+
+def run_tasks(
+    config: ExperimentConfig,
+    tasks: Sequence[tuple[int, str]],
+    init_state: Mapping[str, torch.Tensor],
+    jobs: int,
+    report: Callable[[Mapping[str, Any]], None],
+    engine: Engine,
+) -> list[dict[str, Any]]:
+    """The (seed, arm) runs of ``tasks`` in order (seed-major): in this process for ``jobs == 1``, else on a
+    process pool of ``jobs`` workers; ``report`` is called as each run finishes."""
+    if jobs == 1 or len(tasks) == 1:
+        runs = []
+        for seed, name in tasks:
+            runs.append(engine.timed_run(config, name, seed, init_state))
+            report(runs[-1])
+        return runs
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_all_start_methods, get_context
+
+    method = engine.start_method or ("fork" if "fork" in get_all_start_methods() else "spawn")
+    state = {k: v.detach().clone() for k, v in init_state.items()}
+    out: dict[tuple[int, str], dict[str, Any]] = {}
+    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=get_context(method)) as pool:
+        futures = {pool.submit(engine.timed_run, config, name, seed, state): (seed, name) for seed, name in tasks}
+        for fut in as_completed(futures):
+            res = fut.result()
+            out[futures[fut]] = res
+            report(res)
+    return [out[t] for t in tasks]
+
+
 def _timed_run(config: ExperimentConfig, name: str, seed: int, init_state: Mapping[str, torch.Tensor]) -> dict:
     """:func:`run_arm` by arm name (picklable for worker processes), with its wall time added."""
     torch.set_num_threads(config.threads)
@@ -352,29 +399,6 @@ def _timed_run(config: ExperimentConfig, name: str, seed: int, init_state: Mappi
     res = run_arm(config, ARMS[name], seed, init_state)
     res["seconds_wall"] = time.perf_counter() - t0
     return res
-
-
-def _run_parallel(
-    config: ExperimentConfig,
-    tasks: Sequence[tuple[int, str]],
-    init_state: Mapping[str, torch.Tensor],
-    jobs: int,
-    report: Callable[[Mapping[str, Any]], None],
-) -> list[dict[str, Any]]:
-    """The runs of ``tasks`` on a process pool, returned in the order of ``tasks`` (seed-major)."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_all_start_methods, get_context
-
-    ctx = get_context("fork" if "fork" in get_all_start_methods() else "spawn")
-    state = {k: v.detach().clone() for k, v in init_state.items()}
-    out: dict[tuple[int, str], dict[str, Any]] = {}
-    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx) as pool:
-        futures = {pool.submit(_timed_run, config, name, seed, state): (seed, name) for seed, name in tasks}
-        for fut in as_completed(futures):
-            res = fut.result()
-            out[futures[fut]] = res
-            report(res)
-    return [out[t] for t in tasks]
 
 
 def _cfg_dict(c: CorrectionConfig) -> dict[str, Any]:
@@ -409,3 +433,6 @@ def final_table(runs: Sequence[Mapping[str, Any]], config: ExperimentConfig) -> 
             row[k], row[k + "_sd"] = _mean_sd(xs)
         rows.append(row)
     return rows
+
+
+DEFAULT_ENGINE = Engine(sft=sft, timed_run=_timed_run)

@@ -22,18 +22,17 @@ table, the Welch conclusion and the plots are the same code.
 from __future__ import annotations
 
 import math
-import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from lowbit.lab.rl.experiment import ARMS, ExperimentConfig, _cfg_dict, final_table
+from lowbit.lab.rl import experiment
+from lowbit.lab.rl.experiment import ARMS, Engine, ExperimentConfig
 from lowbit.lab.rl.task import EOS, VOCAB, AdditionTask
 from lowbit.rl.rollout_precision import RolloutPrecision, fake_quantized
 
@@ -293,6 +292,11 @@ def _timed_run(config: ExperimentConfig, name: str, seed: int, init_state: Mappi
     return res
 
 
+#: The TRL training engine for :func:`lowbit.lab.rl.experiment.run_experiment` (spawned workers: TRL and
+#: accelerate keep process-global state that a fork would share).
+ENGINE = Engine(sft=sft, timed_run=_timed_run, start_method="spawn", name="trl")
+
+
 def run_experiment(
     config: ExperimentConfig,
     log: Callable[[str], None] | None = None,
@@ -302,59 +306,4 @@ def run_experiment(
 ) -> dict[str, Any]:
     """SFT once (or reuse ``init``), then every arm × seed with TRL; ``jobs`` worker processes. The layout of
     :func:`lowbit.lab.rl.experiment.run_experiment` plus ``"engine": "trl"``."""
-    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
-        raise ValueError(f"jobs must be a positive int, got {jobs!r}")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
-        start = time.perf_counter()
-        init_state, sft_info = sft(config, log) if init is None else init
-        tasks = [(seed, name) for seed in range(config.seeds) for name in config.arms]
-
-        def report(res: Mapping[str, Any]) -> None:
-            if log:
-                log(
-                    f"[trl] {res['arm']} seed {res['seed']}: final acc {res['evals']['acc_fp32'][-1]:.3f}, "
-                    f"reward tail {statistics.fmean(res['steps']['reward'][-config.tail :]):.3f} "
-                    f"({res['seconds_wall']:.1f} s)"
-                )
-
-        runs = _run_all(config, tasks, init_state, jobs, report)
-        return {
-            "engine": "trl",
-            "config": asdict(config),
-            "arms": {n: {"rollout": ARMS[n].rollout, "correction": _cfg_dict(ARMS[n].correction)} for n in config.arms},
-            "sft": sft_info,
-            "runs": runs,
-            "table": final_table(runs, config),
-            "seconds": time.perf_counter() - start,
-        }
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run_all(
-    config: ExperimentConfig,
-    tasks: Sequence[tuple[int, str]],
-    init_state: Mapping[str, torch.Tensor],
-    jobs: int,
-    report: Callable[[Mapping[str, Any]], None],
-) -> list[dict[str, Any]]:
-    if jobs == 1 or len(tasks) == 1:
-        runs = []
-        for seed, name in tasks:
-            runs.append(_timed_run(config, name, seed, init_state))
-            report(runs[-1])
-        return runs
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
-
-    state = {k: v.detach().clone() for k, v in init_state.items()}
-    out: dict[tuple[int, str], dict[str, Any]] = {}
-    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_timed_run, config, name, seed, state): (seed, name) for seed, name in tasks}
-        for fut in as_completed(futures):
-            res = fut.result()
-            out[futures[fut]] = res
-            report(res)
-    return [out[t] for t in tasks]
+    return experiment.run_experiment(config, log, init=init, jobs=jobs, engine=ENGINE)
