@@ -202,13 +202,50 @@ class PieceList(Sequence[Piece]):
         return Piece(self._text[s:e], left, right)
 
 
-def lossless_encode(
-    text: str, backend: Backend, run: RunFn, plan: Plan, min_match: int = 2
-) -> tuple[np.ndarray, MergeStats]:
-    """Encode ``text`` in overlapping pieces with ``run`` and merge them losslessly (see the module docstring)."""
+#: Encodes pieces in order; each result is the piece's :class:`ChunkEncoding` plus any payload the caller keeps
+#: (e.g. the library's own encoding object with offsets and words, for :mod:`lowbit.tokenize.wrap`).
+PayloadRunFn = Callable[[Sequence[Piece]], list[tuple[ChunkEncoding, Any]]]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Tokens ``[lo, hi)`` of the final piece ``text[start:end]``: the merged ids are the concatenation of every
+    segment's ``encoding.ids[lo:hi]``.
+
+    ``anchor`` (every segment but the first): the index, in the previous segment's piece, of the token that is
+    token ``lo`` of this piece (the cut token, encoded identically by both pieces; a per-token numbering that
+    restarts in every piece, such as ``tokenizers``' word index, is carried across the cut through it).
+    """
+
+    start: int
+    end: int
+    encoding: ChunkEncoding
+    payload: Any
+    lo: int
+    hi: int
+    anchor: int | None
+
+
+def lossless_segments(
+    text: str, backend: Backend, run: PayloadRunFn, plan: Plan, min_match: int = 2
+) -> tuple[list[Segment], MergeStats]:
+    """The LoPT merge (module docstring): encode ``text`` in overlapping pieces with ``run`` and return the kept
+    segment of every final piece with the merge statistics. :func:`lossless_encode` concatenates the segments' ids;
+    wrappers that need offsets or words per id slice the payloads the same way.
+
+    >>> from lowbit.tokenize import load_tokenizer
+    >>> from lowbit.tokenize.backends import make_backend
+    >>> backend, _ = make_backend(load_tokenizer("bert"), backend="library")
+    >>> run = lambda pieces: [(c, None) for c in backend.encode_chunks(pieces, 1)]
+    >>> text = "Every piece is cut where both sides agree. " * 40
+    >>> segs, stats = lossless_segments(text, backend, run, Plan(300, 64, 3))
+    >>> merged = [int(t) for s in segs for t in s.encoding.ids[s.lo : s.hi]]
+    >>> merged == backend.reference(text), stats.boundaries, [s.start for s in segs][:3]
+    (True, 5, [0, 300, 600])
+    """
     n = len(text)
     bounds = [list(b) for b in split_points(n, plan.chunk_chars, plan.overlap_chars)]
-    encs: list[ChunkEncoding | None] = [None] * len(bounds)
+    encs: list[tuple[ChunkEncoding, Any] | None] = [None] * len(bounds)
     retries = merges = fallback = 0
     hopeless = hopeless_boundaries(text, bounds, backend, plan)
     if hopeless:
@@ -221,8 +258,8 @@ def lossless_encode(
         if todo:
             pieces = PieceList(text, [_span(bounds, i) for i in todo])
             total_pieces += len(pieces)
-            for i, enc in zip(todo, run(pieces), strict=True):
-                encs[i] = enc
+            for i, item in zip(todo, run(pieces), strict=True):
+                encs[i] = item
         cuts: list[tuple[int, int] | None] = []
         roomy = True  # every window leaves room for a run of matches between its two excluded edges
         for b in range(len(bounds) - 1):
@@ -230,10 +267,11 @@ def lossless_encode(
             assert left is not None and right is not None
             w = _window_units(backend, text, bounds[b + 1][0], bounds[b][1])
             roomy = roomy and w >= 2 * backend.edge_units + 16
-            cuts.append(match_boundary(left, right, w, backend, min_match))
+            cuts.append(match_boundary(left[0], right[0], w, backend, min_match))
         # Cuts must not cross inside a piece (windows of one piece may overlap after enlargement).
         for b in range(1, len(cuts)):
-            if cuts[b] is not None and cuts[b - 1] is not None and cuts[b - 1][1] > cuts[b][0]:
+            prev, cur = cuts[b - 1], cuts[b]
+            if cur is not None and prev is not None and prev[1] > cur[0]:
                 cuts[b] = None
         failing = [b for b, c in enumerate(cuts) if c is None]
         if not failing:
@@ -262,12 +300,24 @@ def lossless_encode(
             merges += len(failing)
         rounds += 1
     stats = MergeStats(total_pieces, len(bounds) - 1, retries, merges, fallback, len(hopeless))
-    parts = []
-    for i, enc in enumerate(encs):
-        assert enc is not None
-        lo = cuts[i - 1][1] if i > 0 else 0
-        hi = cuts[i][0] if i < len(cuts) else len(enc.ids)
-        parts.append(enc.ids[lo:hi])
+    segments = []
+    for i, item in enumerate(encs):
+        assert item is not None
+        enc, payload = item
+        lo = cuts[i - 1][1] if i > 0 else 0  # type: ignore[index]
+        hi = cuts[i][0] if i < len(cuts) else len(enc.ids)  # type: ignore[index]
+        anchor = cuts[i - 1][0] if i > 0 else None  # type: ignore[index]
+        segments.append(Segment(bounds[i][0], bounds[i][1], enc, payload, lo, hi, anchor))
+    return segments, stats
+
+
+def lossless_encode(
+    text: str, backend: Backend, run: RunFn, plan: Plan, min_match: int = 2
+) -> tuple[np.ndarray, MergeStats]:
+    """Encode ``text`` in overlapping pieces with ``run`` and merge them losslessly: the ids of
+    :func:`lossless_segments` (see the module docstring)."""
+    segments, stats = lossless_segments(text, backend, lambda p: [(c, None) for c in run(p)], plan, min_match)
+    parts = [s.encoding.ids[s.lo : s.hi] for s in segments]
     return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)), stats
 
 
@@ -297,13 +347,13 @@ def _span(bounds: list[list[int]], i: int) -> tuple[int, int, int, int]:
     return s, e, max(0, left), max(0, right)
 
 
-def _merge(bounds: list[list[int]], encs: list[ChunkEncoding | None], failing: Sequence[int]) -> int:
+def _merge(bounds: list[list[int]], encs: list[Any], failing: Sequence[int]) -> int:
     """Merge the two pieces of every failing boundary (consecutive failures collapse into one piece).
 
     Returns the number of characters in the merged pieces (encoded sequentially from now on)."""
     fail = set(failing)
     new_bounds: list[list[int]] = []
-    new_encs: list[ChunkEncoding | None] = []
+    new_encs: list[Any] = []
     merged_chars = 0
     i = 0
     while i < len(bounds):
