@@ -37,19 +37,9 @@ import numpy as np
 from lowbit.tokenize.backends import ChunkEncoding, HFBackend, Piece
 from lowbit.tokenize.lopt import LoptConfig, MergeStats, make_plan
 from lowbit.tokenize.wrap.segments import Segment, lossless_segments
-from lowbit.tokenize.wrap.state_json import ARRAYS, StateArrays, element_bounds, format_numbers, parse_numbers
+from lowbit.tokenize.wrap.state_json import ARRAYS, FIELDS, StateArrays, element_bounds, format_numbers, parse_numbers
 
-STATE_KEYS = (
-    "ids",
-    "type_ids",
-    "tokens",
-    "words",
-    "offsets",
-    "special_tokens_mask",
-    "attention_mask",
-    "overflowing",
-    "sequence_ranges",
-)
+STATE_KEYS = FIELDS  # the keys of an Encoding's pickle state (one list, in state_json)
 _PER_TOKEN = ("ids", "tokens", "words", "offsets", "special_tokens_mask", "attention_mask")
 
 
