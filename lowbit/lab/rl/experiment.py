@@ -179,20 +179,36 @@ def _sft(config: ExperimentConfig, log: Callable[[str], None] | None) -> tuple[d
     task = AdditionTask(config.digits)
     g = torch.Generator().manual_seed(config.sft_seed)
     model = GPT(config.model, generator=g)
+    return sft_loop(model, model, lambda m: greedy_accuracy(m, task, config.eval_size), task, config, g, log)
+
+
+def sft_loop(
+    model: torch.nn.Module,
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    accuracy: Callable[[torch.nn.Module], float],
+    task: AdditionTask,
+    config: ExperimentConfig,
+    g: torch.Generator,
+    log: Callable[[str], None] | None,
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Teacher-forced cross-entropy on the answer tokens (AdamW, ``sft_lr``), evaluated every ``sft_eval_every``
+    steps and stopped at greedy accuracy ``>= sft_target`` or ``sft_max_steps``; returns (state dict, info).
+    ``logits_of(ids)`` gives ``[B, T, V]`` logits (the engines' models differ in their call)."""
     opt = torch.optim.AdamW(model.parameters(), lr=config.sft_lr, weight_decay=0.0)
     p = task.prompt_len
     acc, step = 0.0, 0
     start = time.perf_counter()
+    model.train()
     for step in range(1, config.sft_max_steps + 1):
         prompts, answers = task.sample_train(config.sft_batch, g)
         seq = torch.cat([prompts, answers], dim=1)
-        logits = model(seq[:, :-1])[:, p - 1 :]
+        logits = logits_of(seq[:, :-1])[:, p - 1 :]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), seq[:, p:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % config.sft_eval_every == 0:
-            acc = greedy_accuracy(model, task, config.eval_size)
+            acc = accuracy(model)
             if log:
                 log(f"sft step {step}: loss {float(loss.detach()):.3f}, greedy accuracy {acc:.3f}")
             if acc >= config.sft_target:

@@ -143,27 +143,15 @@ def sft(config: ExperimentConfig, log: Callable[[str], None] | None = None) -> t
         task = AdditionTask(config.digits)
         g = torch.Generator().manual_seed(config.sft_seed)
         model = build_llama(config, config.sft_seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=config.sft_lr, weight_decay=0.0)
-        p = task.prompt_len
-        acc, step = 0.0, 0
-        start = time.perf_counter()
-        model.train()
-        for step in range(1, config.sft_max_steps + 1):
-            prompts, answers = task.sample_train(config.sft_batch, g)
-            seq = torch.cat([prompts, answers], dim=1)
-            logits = model(input_ids=seq[:, :-1]).logits[:, p - 1 :]
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), seq[:, p:].reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if step % config.sft_eval_every == 0:
-                acc = greedy_accuracy(model, task, config.eval_size)
-                if log:
-                    log(f"sft step {step}: loss {float(loss.detach()):.3f}, greedy accuracy {acc:.3f}")
-                if acc >= config.sft_target:
-                    break
-        info = {"steps": step, "greedy_accuracy": acc, "seconds": time.perf_counter() - start}
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}, info
+        return experiment.sft_loop(
+            model,
+            lambda ids: model(input_ids=ids).logits,
+            lambda m: greedy_accuracy(m, task, config.eval_size),
+            task,
+            config,
+            g,
+            log,
+        )
     finally:
         torch.set_num_threads(threads)
 
