@@ -11,6 +11,11 @@ failure never leaves a half-written directory):
   Face layout): every tensor of the model's ``state_dict``. Quantized layers hold their :class:`MSDLinear`
   buffers (``<layer>.qweight`` int8 + ``<layer>.weight_scale`` float32, or ``<layer>.weight_codes`` uint8 packed
   E2M1 + ``<layer>.weight_scale_exponents`` E8M0 for MXFP4) instead of ``<layer>.weight``.
+* A **guard** per quantized layer: ``<layer>.weight`` stored as an empty int8 tensor (shape ``(0,)``, listed under
+  ``guards`` in ``lowbit_quant.json``). Plain transformers, in a process that never registered lowbit's quantizer,
+  would otherwise skip the unknown ``quantization_config`` with a warning and keep random linear weights; the
+  guard's shape differs from the float weight's, so it stops with "size mismatch ... ignore_mismatched_sizes"
+  instead of loading a silently wrong model. lowbit's loaders drop the guards.
 * ``lowbit_quant.json``: format name and version, each quantized layer's :class:`MSDConfig`, shape and bias flag,
   tied (shared) tensors, and the SHA-256 of every tensor file (checked on load: a corrupted or truncated file is
   an error, never a silently different model).
@@ -49,7 +54,7 @@ import secrets
 import shutil
 import socket
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -71,7 +76,16 @@ from lowbit.msd.safetensors_io import (
     write_safetensors,
 )
 
-__all__ = ["FORMAT", "INDEX_FILE", "METADATA_FILE", "SINGLE_FILE", "VERSION", "load_quantized", "save_quantized"]
+__all__ = [
+    "FORMAT",
+    "INDEX_FILE",
+    "METADATA_FILE",
+    "SINGLE_FILE",
+    "VERSION",
+    "guard_specs",
+    "load_quantized",
+    "save_quantized",
+]
 
 FORMAT = "lowbit-msd"
 VERSION = 1
@@ -288,6 +302,41 @@ def atomic_checkpoint_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# guards: what makes plain transformers refuse the folder
+# ---------------------------------------------------------------------------------------------------------------
+
+GUARD_DTYPE = torch.int8
+
+
+def guard_specs(layers: Iterable[str]) -> list[TensorSpec]:
+    """One empty int8 tensor ``<layer>.weight`` per quantized layer (see the module docstring, "guard").
+
+    >>> [(s.name, s.shape, s.nbytes) for s in guard_specs(["model.layers.0.mlp.up_proj"])]
+    [('model.layers.0.mlp.up_proj.weight', (0,), 0)]
+    """
+    return [TensorSpec(f"{layer}.weight", GUARD_DTYPE, (0,)) for layer in layers]
+
+
+def empty_guard(spec: TensorSpec) -> torch.Tensor:
+    """The guard tensor's (empty) contents."""
+    return torch.empty(spec.shape, dtype=spec.dtype)
+
+
+def _drop_guards(state: dict[str, torch.Tensor], guards: Any, meta_path: Path) -> None:
+    """Remove the listed guards from a loaded state; a listed guard that is not an empty int8 tensor is an error
+    (a layer's weight must never be dropped by a crafted list)."""
+    if not isinstance(guards, list) or not all(isinstance(g, str) for g in guards):
+        raise ValueError(f"{meta_path}: 'guards' must be a list of tensor names")
+    for name in guards:
+        t = state.get(name)
+        if t is None:
+            raise ValueError(f"{meta_path} lists guard {name!r}, which the checkpoint lacks")
+        if t.dtype != GUARD_DTYPE or tuple(t.shape) != (0,):
+            raise ValueError(f"{meta_path} lists {name!r} as a guard but it is {t.dtype} {tuple(t.shape)}, not empty")
+        del state[name]
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # save / load a model
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -318,9 +367,20 @@ def save_quantized(model: nn.Module, out_dir: str | os.PathLike[str], *, overwri
         seen[key] = name
         tensors[name] = t
     specs = [TensorSpec(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()]
+    guards = guard_specs(layers)
+    clash = sorted({g.name for g in guards} & set(tensors))
+    if clash:
+        raise ValueError(f"quantized layers still hold float weights {clash[:4]}: not an MSDLinear state")
     with atomic_checkpoint_dir(Path(out_dir), overwrite) as tmp:
-        sha = write_safetensors(tmp / SINGLE_FILE, specs, lambda s: tensors[s.name], {"format": "pt"})
-        meta = checkpoint_metadata({n: _layer_entry(m) for n, m in layers.items()}, tied, {SINGLE_FILE: sha})
+        sha = write_safetensors(
+            tmp / SINGLE_FILE,
+            specs + guards,
+            lambda s: tensors[s.name] if s.name in tensors else empty_guard(s),
+            {"format": "pt"},
+        )
+        meta = checkpoint_metadata(
+            {n: _layer_entry(m) for n, m in layers.items()}, tied, {SINGLE_FILE: sha}, [g.name for g in guards]
+        )
         write_json(tmp / METADATA_FILE, meta)
     return Path(out_dir)
 
@@ -366,6 +426,7 @@ def load_quantized(directory: str | os.PathLike[str], model: nn.Module, *, verif
         with open_safetensors(path) as f:
             for key in f.keys():
                 state[key] = f.get_tensor(key)
+    _drop_guards(state, meta.get("guards", []), meta_path)
     for name, source in tied.items():
         if source not in state:
             raise ValueError(f"tied tensor {name!r} refers to {source!r}, which the checkpoint lacks")
@@ -431,5 +492,8 @@ def _install_layer(model: nn.Module, name: str, entry: dict[str, Any]) -> None:
     _set_submodule(model, name, MSDLinear(k, n, bias=bias, config=config))
 
 
-def checkpoint_metadata(layers: dict[str, Any], tied: dict[str, str], files: dict[str, str]) -> dict[str, Any]:
-    return {"format": FORMAT, "version": VERSION, "layers": layers, "tied": tied, "files": files}
+def checkpoint_metadata(
+    layers: dict[str, Any], tied: dict[str, str], files: dict[str, str], guards: list[str]
+) -> dict[str, Any]:
+    """The ``lowbit_quant.json`` object (the layout is in the module docstring)."""
+    return {"format": FORMAT, "version": VERSION, "layers": layers, "tied": tied, "files": files, "guards": guards}

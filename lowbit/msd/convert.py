@@ -29,6 +29,8 @@ from lowbit.msd.checkpoint import (
     SINGLE_FILE,
     atomic_checkpoint_dir,
     checkpoint_metadata,
+    empty_guard,
+    guard_specs,
     resolve_out_dir,
 )
 from lowbit.msd.config import MSDConfig
@@ -238,6 +240,7 @@ def quantize_checkpoint(
                     n, k = e.shape
                     for buf, (bshape, bdtype) in quantized_shapes(n, k, config).items():
                         plan.append((TensorSpec(f"{key[: -len('.weight')]}.{buf}", bdtype, bshape), key, buf))
+                    plan.extend((g, key, "guard") for g in guard_specs([key[: -len(".weight")]]))
                 elif key.endswith(".bias") and layers.get(key[: -len(".bias")], {}).get("bias"):
                     plan.append((TensorSpec(key, torch.float32, e.shape), key, "bias"))
                 else:
@@ -258,7 +261,8 @@ def quantize_checkpoint(
             elif extra.is_file(follow_symlinks=False):
                 copy_plain_file(Path(extra.path), tmp / extra.name)
         _mark_config(tmp / "config.json", config)
-        write_json(tmp / METADATA_FILE, checkpoint_metadata(layers, {}, file_sha))
+        guards = [g.name for g in guard_specs(layers)]
+        write_json(tmp / METADATA_FILE, checkpoint_metadata(layers, {}, file_sha, guards))
     return QuantizeSummary(
         out_dir,
         counts["quantized"],
@@ -329,6 +333,8 @@ class _Producer:
 
     def __call__(self, spec: TensorSpec) -> torch.Tensor:
         key, role = self.routes[spec.name]
+        if role == "guard":
+            return empty_guard(spec)
         if role == "copy":
             t = self._load(key)
             self.counts["copied"] += 1

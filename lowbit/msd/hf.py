@@ -15,14 +15,17 @@ Two ways to load it, giving bit-identical tensors (those of :func:`lowbit.msd.lo
   layers for ``MSDLinear`` before the weights load and re-reads every tensor with :func:`lowbit.msd.load_quantized`
   afterwards (checksums verified, missing or unexpected tensors are errors, kernels prepacked).
 
-Without the registration (lowbit never imported), transformers 5.23 does not fail: it logs "Unknown quantization
-type, got lowbit-msd ... we will skip the quantization" and leaves the linear weights random (tested, so a change
-in transformers shows). Call :func:`register_transformers_quantizer` first, or use :func:`from_pretrained`.
+Without the registration (a process that never imported lowbit), transformers 5.23 logs "Unknown quantization
+type, got lowbit-msd ... we will skip the quantization" and would keep random linear weights; the folder's guards
+(an empty ``<layer>.weight`` per quantized layer, :func:`lowbit.msd.checkpoint.guard_specs`) make it stop instead,
+with a size-mismatch load report and ``RuntimeError`` (tested, so a change in transformers shows). Call
+:func:`register_transformers_quantizer` first, or use :func:`from_pretrained`.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +207,10 @@ def _load_quantizer_class() -> Any:
             meta = _read_metadata(self._directory)
             for name, entry in meta["layers"].items():
                 _install_layer(model, name, entry)
+            # The guards (lowbit.msd.checkpoint) have no parameter to load into once the layers are MSDLinear:
+            # tell transformers they are expected, so its load report stays quiet; load_quantized checks them.
+            guards = {rf"(^|\.){re.escape(g)}$" for g in meta.get("guards", []) if isinstance(g, str)}
+            model._keys_to_ignore_on_load_unexpected = set(model._keys_to_ignore_on_load_unexpected or ()) | guards
             return model
 
         def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:

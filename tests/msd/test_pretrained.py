@@ -143,12 +143,12 @@ def test_bad_input_fails_clearly(tmp_path: Path) -> None:
         AutoModelForCausalLM.from_pretrained(tmp_path / "v99")
 
 
-def test_without_registration_transformers_warns_and_does_not_load_the_weights(
+def test_without_registration_plain_transformers_refuses_the_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Documents transformers 5.23: without lowbit's registration (a process that never imports lowbit),
-    transformers logs 'Unknown quantization type' and keeps random linear weights; the folder alone cannot make it
-    fail. If this test fails, transformers changed its behaviour: update docs/msd-inference.md."""
+    """transformers 5.23 skips an unknown quantization_config with a warning and would keep random linear
+    weights; the guards (an empty ``<layer>.weight`` per quantized layer) turn that into a size-mismatch error.
+    If this test fails, transformers changed its behaviour: update docs/msd-inference.md."""
     from transformers.quantizers import auto
     from transformers.testing_utils import CaptureLogger
     from transformers.utils import logging as hf_logging
@@ -158,6 +158,65 @@ def test_without_registration_transformers_warns_and_does_not_load_the_weights(
     monkeypatch.delitem(auto.AUTO_QUANTIZATION_CONFIG_MAPPING, QUANT_METHOD)
     monkeypatch.delitem(auto.AUTO_QUANTIZER_MAPPING, QUANT_METHOD)
     with CaptureLogger(hf_logging.get_logger("transformers.quantizers.auto")) as cap:
-        model = AutoModelForCausalLM.from_pretrained(out)
-    assert type(model.model.layers[0].self_attn.q_proj) is torch.nn.Linear
+        with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+            AutoModelForCausalLM.from_pretrained(out)
     assert "Unknown quantization type, got lowbit-msd" in cap.out
+    # the base model (no lm_head) meets the decoder layers' guards as well
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        transformers.AutoModel.from_pretrained(out)
+
+
+def test_a_process_that_never_imports_lowbit_cannot_load_the_folder_silently(tmp_path: Path) -> None:
+    """The user's case: a fresh interpreter, only transformers imported."""
+    import subprocess
+    import sys
+
+    _, out = tiny_checkpoint(tmp_path)
+    code = (
+        "import sys\n"
+        "from transformers import AutoModelForCausalLM\n"
+        "try:\n"
+        f"    AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
+        "except RuntimeError as e:\n"
+        "    print('REFUSED', 'lowbit' in sys.modules, e)\n"
+        "else:\n"
+        "    print('LOADED')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("REFUSED False"), run.stdout + run.stderr[-2000:]
+    assert "MISMATCH" in run.stdout + run.stderr
+
+
+def test_guards_are_listed_empty_and_checked(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    _, out = tiny_checkpoint(tmp_path)
+    meta = json.loads((out / "lowbit_quant.json").read_text())
+    assert sorted(meta["guards"]) == sorted(f"{layer}.weight" for layer in meta["layers"])
+    with safe_open(out / "model.safetensors", "pt") as f:
+        for name in meta["guards"]:
+            t = f.get_tensor(name)
+            assert t.dtype == torch.int8 and t.shape == (0,)
+    # a crafted list may not drop a real tensor
+    meta["guards"].append("model.embed_tokens.weight")
+    (out / "lowbit_quant.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="not empty"):
+        from_pretrained(out)
+    meta["guards"] = "lm_head.weight"
+    (out / "lowbit_quant.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="must be a list"):
+        from_pretrained(out)
+
+
+def test_save_quantized_writes_guards_too(tmp_path: Path) -> None:
+    from lowbit.msd import quantize_model, save_quantized
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config())
+    quantize_model(model, MSDConfig())
+    save_quantized(model, tmp_path / "q")
+    meta = json.loads((tmp_path / "q" / "lowbit_quant.json").read_text())
+    assert len(meta["guards"]) == len(meta["layers"]) > 0
+    again = load_quantized(tmp_path / "q", AutoModelForCausalLM.from_config(tiny_config()))
+    _assert_same_state(again, model)
