@@ -255,7 +255,8 @@ class ParallelTokenizer:
             plan = make_plan(n, self.parallelism, self.backend, self.config)
             run = self._runner(n, on_progress)
             ids, merge = lossless_encode(text, self.backend, run, plan, self.config.min_match_tokens)
-            stats = EncodeStats("lopt", self.strategy, self.backend.name, n, len(ids), plan, merge)
+            path = "lopt" if merge.note is None else "sequential"  # every boundary merged: one sequential call
+            stats = EncodeStats(path, self.strategy, self.backend.name, n, len(ids), plan, merge, merge.note)
         if self.verify:
             self._verify(text, ids)
         if add_special_tokens:
