@@ -13,9 +13,10 @@ consecutive matches is accepted; the cut is at the start of a token of the run t
 start differs from its predecessor's (byte tokens splitting one character share a character span). The output
 takes piece ``i`` up to the cut and piece ``i+1`` from it, by index slicing.
 
-A clean anchor also starts a pre-token (word) in both chunks where ``backend.cuts_at_word_starts`` (HF
-tokenizers): then each word is tokenized whole on one side, which makes the cut provably exact
-(``docs/tokenize.md``, "Why the merge is exact"). Boundaries whose windows, up to the largest a retry reaches,
+A clean anchor also starts a pre-token (word) in both chunks where ``backend.cuts_at_word_starts``: a word start
+of the pre-tokenizer for HF tokenizers, a hard break of the pattern for tiktoken (no pre-token can span it), a
+place no vocabulary piece can span for SentencePiece BPE. Then what lies on each side of the cut is tokenized whole
+on that side, which makes the cut provably exact (``docs/tokenize.md``, "Why the merge is exact"). Boundaries whose windows, up to the largest a retry reaches,
 hold no place to cut (``Backend.may_cut``) are merged before encoding; when every boundary of the first round
 fails (two or more, each window at least ``2·edge + 16`` units), all are merged at once instead of retried.
 
@@ -90,7 +91,9 @@ class MergeStats:
     """What the merge did: pieces encoded, boundaries retried with a larger window, boundaries merged, and the
     characters of the merged pieces (the sequential fallback's span). ``premerged`` of the ``merges`` were merged
     before any encoding, because no window that the retries could reach holds a place to cut
-    (:meth:`~lowbit.tokenize.backends.Backend.may_cut`): such text costs one sequential call, not the retries."""
+    (:meth:`~lowbit.tokenize.backends.Backend.may_cut`): such text costs one sequential call, not the retries.
+    ``note`` is set when the whole text ended as one piece although it was split: no boundary had a provably exact
+    cut (the backend's ``cut_rule``), and :class:`~lowbit.tokenize.EncodeStats` reports the path as sequential."""
 
     pieces: int
     boundaries: int
@@ -98,6 +101,8 @@ class MergeStats:
     merges: int
     fallback_chars: int
     premerged: int = 0
+    #: Set when every boundary was merged, so the whole text was one sequential call: why (no place to cut).
+    note: str | None = None
 
 
 def make_plan(n: int, workers: int, backend: Backend, config: LoptConfig) -> Plan:
@@ -299,7 +304,10 @@ def lossless_segments(
             fallback += _merge(bounds, encs, failing)
             merges += len(failing)
         rounds += 1
-    stats = MergeStats(total_pieces, len(bounds) - 1, retries, merges, fallback, len(hopeless))
+    note = None
+    if len(bounds) == 1 and merges:
+        note = f"no boundary had a provably exact cut ({backend.cut_rule}), so the text was one sequential call"
+    stats = MergeStats(total_pieces, len(bounds) - 1, retries, merges, fallback, len(hopeless), note)
     segments = []
     for i, item in enumerate(encs):
         assert item is not None

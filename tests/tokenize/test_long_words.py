@@ -169,7 +169,11 @@ def test_every_first_round_boundary_failing_falls_back_at_once(get_preset, get_b
     """A digit run grouped in threes from each piece's own start: no retries, one fallback, identical ids."""
     rng = random.Random(1)
     text = "".join(rng.choice(string.digits) for _ in range(40_000))
-    for name in ("deepseek-v4", "cl100k"):
-        ids, stats = run_lopt(get_backend(name), text, 4096, 64)
-        assert ids == reference(get_preset(name).obj, text), name
-        assert (stats.retries, stats.merges, stats.fallback_chars, stats.pieces) == (0, 9, len(text), 11), name
+    ids, stats = run_lopt(get_backend("deepseek-v4"), text, 4096, 64)
+    assert ids == reference(get_preset("deepseek-v4").obj, text)
+    assert (stats.retries, stats.merges, stats.fallback_chars, stats.pieces) == (0, 9, len(text), 11)
+    # cl100k: a digit followed by a digit is never a hard break of its pattern (\p{N}{1,3}), so no window has a
+    # place to cut and every boundary is merged before encoding.
+    ids, stats = run_lopt(get_backend("cl100k"), text, 4096, 64)
+    assert ids == reference(get_preset("cl100k").obj, text)
+    assert (stats.retries, stats.premerged, stats.merges, stats.pieces) == (0, 9, 9, 1) and stats.note

@@ -25,8 +25,8 @@ Every rule that differs between libraries is a method or attribute of :class:`Ba
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -127,6 +127,63 @@ def byte_edges(ids: np.ndarray, lens: np.ndarray, piece: Piece, extra_prefix: in
     return ChunkEncoding(ids, head_start, head_end, tail_index, tail_start, tail_end)
 
 
+CutTest = Callable[[str, int], bool]
+"""``is_cut(text, k)``: whether a cut before character ``k`` of ``text`` (0 < k < len(text)) is provably exact."""
+
+
+def word_start_flags(text: str, origin: int, starts: np.ndarray, is_cut: CutTest) -> np.ndarray:
+    """For token starts given in UTF-8 bytes from character ``origin`` of ``text``: whether each falls on the
+    start of a character ``k`` with ``is_cut(text, k)`` (False for a start inside a character, before ``origin``
+    or at either end of ``text``). Only the few edge tokens of a chunk are asked.
+
+    >>> word_start_flags("ab cd", 1, np.array([0, 1, 2, 9]), lambda t, k: t[k - 1] == " ").tolist()
+    [False, False, True, False]
+    """
+    out = np.zeros(len(starts), dtype=bool)
+    if not len(starts):
+        return out
+    top = int(starts.max())
+    seg = text[origin : origin + top + 1]
+    if seg.isascii():
+        index = {b: origin + b for b in range(len(seg) + 1)}
+    else:
+        index, b = {}, 0
+        for i, ch in enumerate(seg):
+            index[b] = origin + i
+            b += len(ch.encode("utf-8", "surrogatepass"))
+        index[b] = origin + len(seg)
+    for j, s in enumerate(starts.tolist()):
+        k = index.get(s) if s >= 0 else None
+        out[j] = k is not None and 0 < k < len(text) and is_cut(text, k)
+    return out
+
+
+def window_has_cut(window: str, edge: int, is_cut: CutTest) -> bool:
+    """Whether ``window`` holds a character ``k`` with ``is_cut(window, k)`` at least ``edge`` UTF-8 bytes from both
+    of its ends (a cut closer to an end is never accepted: those tokens are excluded from matching)."""
+    ascii_ = window.isascii()
+    total = len(window) if ascii_ else len(window.encode("utf-8", "surrogatepass"))
+    for k in range(edge if ascii_ else 1, len(window)):
+        if ascii_ and k > total - edge:
+            return False
+        if is_cut(window, k):
+            if ascii_:
+                return True
+            before = len(window[:k].encode("utf-8", "surrogatepass"))
+            if edge <= before <= total - edge:
+                return True
+    return False
+
+
+def with_word_starts(enc: ChunkEncoding, piece: Piece, is_cut: CutTest) -> ChunkEncoding:
+    """``enc`` with ``head_word_start`` / ``tail_word_start`` from ``is_cut`` at each edge token's start (head spans
+    count from the chunk start, tail spans from the right window's start)."""
+    text = piece.text
+    head = word_start_flags(text, 0, enc.head_start, is_cut)
+    tail = word_start_flags(text, len(text) - piece.right_window, enc.tail_start, is_cut)
+    return replace(enc, head_word_start=head, tail_word_start=tail)
+
+
 class Backend:
     """Common interface; subclasses wrap one library. Instances are not shared between processes.
 
@@ -158,6 +215,8 @@ class Backend:
     #: chunk encodings then carry ``head_word_start`` / ``tail_word_start`` (docs/tokenize.md, "Why the merge is
     #: exact").
     cuts_at_word_starts: bool = False
+    #: Where an exact cut may fall, for :class:`~lowbit.tokenize.lopt.MergeStats`' note when a text has none.
+    cut_rule: str = "a cut falls where the two chunks' tokens agree"
 
     # -- construction ------------------------------------------------------------------------------------------
 

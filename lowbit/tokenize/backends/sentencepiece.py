@@ -4,7 +4,9 @@ Reference: ``encode(text)``. Rules of its own: the dummy prefix (``add_dummy_pre
 ``▁`` that is not in the text (``docs/methods/lopt.md`` §5), so the first two tokens of a chunk are never matched
 and the automatic plan uses more overlap (128 characters) and chunks of at most 64K characters (its cost grows
 faster than linearly with the input); ``add_special_tokens`` adds BOS; the default strategy runs the chunks
-through its ``num_threads`` batch call.
+through its ``num_threads`` batch call. A cut falls only where no vocabulary piece can span (:meth:`is_cut`), which
+is exact for SentencePiece BPE; Unigram models, normalizers with a charsmap and whitespace-as-suffix models have no
+proven cut and are one sequential call (docs/tokenize.md, "Why the merge is exact").
 """
 
 from __future__ import annotations
@@ -14,7 +16,19 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lowbit.tokenize.backends.base import Backend, BackendSpec, ChunkEncoding, Piece, Unit, byte_edges
+from lowbit.tokenize.backends.base import (
+    Backend,
+    BackendSpec,
+    ChunkEncoding,
+    Piece,
+    Unit,
+    byte_edges,
+    window_has_cut,
+    with_word_starts,
+)
+
+_MODEL_TYPES = {1: "Unigram", 2: "BPE", 3: "word", 4: "char"}
+_BYTE = 6  # ModelProto.SentencePiece.Type.BYTE: one UTF-8 byte, never part of a longer piece
 from lowbit.tokenize.presets import LoadedTokenizer
 
 
@@ -31,6 +45,11 @@ class SentencePieceBackend(Backend):
     max_auto_chunk_chars = 65_536
     library: ClassVar[str] = "sentencepiece"
     kind: ClassVar[str] = "sentencepiece"
+    cuts_at_word_starts = True
+    cut_rule = (
+        "a cut must fall where no vocabulary piece can span: between two characters that are never adjacent "
+        "inside one piece (e.g. before the '▁' of a space, around a split digit)"
+    )
 
     def __init__(self, sp: Any, *, source: LoadedTokenizer | None = None) -> None:
         import sentencepiece as spm
@@ -48,6 +67,7 @@ class SentencePieceBackend(Backend):
                 self._lens[i] = -(10**6)  # never tiles: forces the exact-offset path
             else:
                 self._lens[i] = len(sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
+        self._read_model()
 
     @classmethod
     def from_processor(cls, sp: Any, *, source: LoadedTokenizer | None = None) -> SentencePieceBackend:
@@ -67,7 +87,71 @@ class SentencePieceBackend(Backend):
     def spec(self) -> BackendSpec:
         return BackendSpec(self.kind, self.name, data=self.sp.serialized_model_proto())
 
+    def _read_model(self) -> None:
+        """The model proto's settings the cut rule depends on, and every pair of characters adjacent inside a
+        piece (all pieces but byte pieces, whose surface ``<0xAB>`` is not text)."""
+        from sentencepiece import sentencepiece_model_pb2
+
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString(self.sp.serialized_model_proto())
+        norm = proto.normalizer_spec
+        self._escape = norm.escape_whitespaces
+        self._collapse = norm.remove_extra_whitespaces
+        pairs: set[str] = set()
+        for piece in proto.pieces:
+            if piece.type != _BYTE:
+                text = piece.piece
+                pairs.update(text[i : i + 2] for i in range(len(text) - 1))
+        self._pairs = frozenset(pairs)
+        model = _MODEL_TYPES.get(proto.trainer_spec.model_type, str(proto.trainer_spec.model_type))
+        self._blocker: str | None = None
+        if model == "Unigram":
+            self._blocker = (
+                "SentencePiece Unigram: Viterbi sums float32 path scores from the start of its input, so a chunk "
+                "rounds near-ties differently from the whole text and no cut is provably exact"
+            )
+        elif model != "BPE":
+            self._blocker = f"SentencePiece {model} model: its cuts are not analysed"
+        elif norm.precompiled_charsmap:
+            self._blocker = (
+                f"SentencePiece normalizer {norm.name!r} rewrites multi-character sequences (precompiled charsmap), "
+                "which the cut rule does not analyse"
+            )
+        elif proto.trainer_spec.treat_whitespace_as_suffix:
+            self._blocker = "SentencePiece treat_whitespace_as_suffix: the cut rule is not analysed for it"
+
     # -- rules ---------------------------------------------------------------------------------------------------
+
+    def exact_cut_blocker(self) -> str | None:
+        """Why no cut can be proven exact: Unigram (float32 Viterbi), a word/char model, a normalizer with a
+        charsmap, whitespace as suffix; None for a BPE model with the identity normalizer."""
+        return self._blocker
+
+    def is_cut(self, text: str, k: int) -> bool:
+        """A cut before ``text[k]`` is exact when no piece holds ``a`` immediately followed by ``b``, where ``a``,
+        ``b`` are ``text[k-1]``, ``text[k]`` with a space written ``▁`` (``escape_whitespaces``); with
+        ``remove_extra_whitespaces``, ``text[k-1]`` must not be a space (a run of spaces collapses into one).
+
+        Then no symbol of SentencePiece BPE (a vocabulary piece, user-defined symbols included) ever spans the
+        position, and merges on its two sides never interact (docs/tokenize.md, "Why the merge is exact").
+
+        >>> from lowbit.tokenize import load_tokenizer
+        >>> b = SentencePieceBackend.from_processor(load_tokenizer("mistral-v1").obj)
+        >>> b.is_cut("word next", 4), b.is_cut("word next", 5), b.is_cut("12", 1), b.is_cut("ab", 1)
+        (True, False, True, False)
+        """
+        a, b = text[k - 1], text[k]
+        if self._collapse and a == " ":
+            return False
+        if self._escape:
+            a = "\u2581" if a == " " else a
+            b = "\u2581" if b == " " else b
+        return a + b not in self._pairs
+
+    def may_cut(self, window: str) -> bool:
+        """Whether ``window`` holds a place :meth:`is_cut` accepts, ``edge_units`` bytes from both ends."""
+        return self._blocker is None and window_has_cut(window, self.edge_units, self.is_cut)
+
 
     def default_strategy(self, parallelism: int) -> str:
         """``"threads"``: the ``num_threads`` batch call runs chunks without the GIL and beat the process pool
@@ -95,9 +179,10 @@ class SentencePieceBackend(Backend):
             lens = self._lens[arr]
             extra = int(lens.sum(dtype=np.int64)) - len(p.text.encode("utf-8", "surrogatepass"))
             if extra in (0, 1) and (len(arr) == 0 or lens[0] >= extra):
-                res.append(byte_edges(arr, lens, p, extra))
+                enc = byte_edges(arr, lens, p, extra)
             else:
-                res.append(self._proto_edges(arr, p))
+                enc = self._proto_edges(arr, p)
+            res.append(with_word_starts(enc, p, self.is_cut))
         return res
 
     def _proto_edges(self, arr: np.ndarray, piece: Piece) -> ChunkEncoding:

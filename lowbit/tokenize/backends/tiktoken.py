@@ -2,18 +2,31 @@
 
 Reference: ``encode_ordinary(text)``, or ``encode(text, allowed_special=...)`` when ``allowed_special`` is given.
 Rules of its own: lone surrogates are replaced by U+FFFD as tiktoken itself does; with ``allowed_special`` given,
-the other special-token strings in a text raise as in tiktoken; no BOS/EOS (``add_special_tokens`` raises).
+the other special-token strings in a text raise as in tiktoken; no BOS/EOS (``add_special_tokens`` raises); a cut
+falls only at a hard break of the pre-tokenizer pattern (:class:`PatternBreaks`), where every scan of the pattern
+starts a pre-token, so each pre-token is BPE-encoded whole on one side (docs/tokenize.md, "Why the merge is exact").
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from lowbit.tokenize.backends.base import Backend, BackendSpec, ChunkEncoding, Piece, Unit, byte_edges, surrogate_index
+from lowbit.tokenize.backends.base import (
+    Backend,
+    BackendSpec,
+    ChunkEncoding,
+    Piece,
+    Unit,
+    byte_edges,
+    surrogate_index,
+    window_has_cut,
+    with_word_starts,
+)
 from lowbit.tokenize.presets import LoadedTokenizer
 
 
@@ -26,6 +39,11 @@ class TiktokenBackend(Backend):
 
     unit: Unit = "byte"
     native_threads = True
+    cuts_at_word_starts = True
+    cut_rule = (
+        "a cut must fall at a hard break of the pre-tokenizer pattern, a place no pre-token can span "
+        "(e.g. a letter followed by a space); one pre-token spans every window"
+    )
     library: ClassVar[str] = "tiktoken"
     kind: ClassVar[str] = "tiktoken"
     takes_allowed_special: ClassVar[bool] = True
@@ -45,6 +63,10 @@ class TiktokenBackend(Backend):
             if unknown:
                 raise ValueError(f"allowed_special: not special tokens of {enc.name}: {sorted(unknown)}")
         self.lens = self._length_table()
+        self.breaks = PatternBreaks(enc._pat_str)
+        longest = max((len(t) for t in self._allowed), default=0)
+        self._special_re = re.compile("|".join(map(re.escape, sorted(self._allowed)))) if self._allowed else None
+        self._longest_special = longest
 
     @classmethod
     def from_encoding(
@@ -92,6 +114,37 @@ class TiktokenBackend(Backend):
 
     def longest_special_chars(self) -> int:
         return max((len(s) for s in self._allowed), default=0)
+
+    def exact_cut_blocker(self) -> str | None:
+        """The pattern analysis's reason when it cannot prove any hard break (:attr:`PatternBreaks.blocker`)."""
+        return self.breaks.blocker
+
+    def is_cut(self, text: str, k: int) -> bool:
+        """Whether a cut before character ``k`` of ``text`` is exact: ``text[k-1], text[k]`` is a hard break of
+        the pattern and no allowed special-token string seen in ``text`` spans ``k`` (tiktoken splits at those
+        before the pattern runs)."""
+        if not self.breaks.is_break(text[k - 1], text[k]):
+            return False
+        if self._special_re is None:
+            return True
+        match = self._special_re.match
+        for a in range(max(0, k - self._longest_special + 1), k):
+            m = match(text, a)
+            if m is not None and m.end() > k:
+                return False
+        return True
+
+    def may_cut(self, window: str) -> bool:
+        """Whether ``window`` holds a hard break at least ``edge_units`` bytes from both ends.
+
+        >>> from lowbit.tokenize import load_tokenizer
+        >>> b = TiktokenBackend.from_encoding(load_tokenizer("cl100k").obj)
+        >>> b.may_cut("x" * 20 + " word " + "y" * 20), b.may_cut("a" * 60), b.may_cut("1234567890" * 6)
+        (True, False, False)
+        """
+        if self.breaks.blocker is not None:
+            return False
+        return window_has_cut(window, self.edge_units, self.is_cut)
 
     def check_text(self, text: str) -> str:
         """Lone surrogates become U+FFFD, as tiktoken itself does (via a UTF-16 round trip), once for the text."""
@@ -146,7 +199,13 @@ class TiktokenBackend(Backend):
         res = []
         for p, ids in zip(pieces, out, strict=True):
             arr = np.asarray(ids, dtype=np.uint32)
-            res.append(byte_edges(arr, self.lens[arr], p, 0))
+            enc = byte_edges(arr, self.lens[arr], p, 0)
+            windows = [w for w in (p.left_window, p.right_window) if w]
+            if self._special_re is not None and windows and min(windows) <= self._longest_special:
+                enc = with_word_starts(enc, p, lambda text, k: False)  # a window shorter than a special: no cut
+            else:
+                enc = with_word_starts(enc, p, self.is_cut)
+            res.append(enc)
         return res
 
 
@@ -155,3 +214,218 @@ def _freeze(allowed: Any) -> Any:
     if allowed is None or allowed == "all":
         return allowed
     return tuple(sorted(allowed))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hard breaks of a pre-tokenizer pattern (docs/tokenize.md, "Why the merge is exact": tiktoken)
+# ---------------------------------------------------------------------------------------------------------------
+
+_WHITE_SPACE = frozenset(
+    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)  # Unicode White_Space: what \s means in tiktoken's regex engine
+_PY_ONLY_SPACE = frozenset("\x1c\x1d\x1e\x1f")  # str.isspace() but not White_Space: never decided
+_MAYBE = None  # three-valued membership: True, False, or undecided (counted as a member)
+_PROPERTY = re.compile(r"\\([pP])\{(\^?)([A-Za-z_]+)\}")
+_CATEGORIES = {"L", "Lu", "Ll", "Lt", "Lm", "Lo", "M", "Mn", "Mc", "Me", "N", "Nd", "Nl", "No", "P", "Pc", "Pd",
+               "Ps", "Pe", "Pi", "Pf", "Po", "S", "Sm", "Sc", "Sk", "So", "Z", "Zs", "Zl", "Zp", "C", "Cc", "Cf",
+               "Co", "Cs"}  # fmt: skip
+_PLACEHOLDER = 0xF0000  # supplementary private use area: stands for one \p{..} class while the pattern is parsed
+
+
+class PatternBreaks:
+    """Where a pre-tokenizer pattern must start a pre-token, whatever came before: its *hard breaks*.
+
+    Rule. The pattern is parsed (Python's ``re`` parser, ``\\p{..}`` classes substituted) into the positions of
+    its Glushkov automaton: every character class it can consume, and which class may directly follow which
+    inside one match (``follow``). Lookarounds and anchors consume nothing and are left out, possessive and
+    atomic groups are read as ordinary ones, a ``(?i)`` literal accepts any case, and a character whose class
+    membership could differ between engines (a code point unassigned in Python's Unicode tables, U+001C-U+001F
+    for ``\\s``) counts as a member: the follow relation is a superset of what any match can consume. A position
+    ``k`` with characters ``x = T[k-1]``, ``y = T[k]`` is a hard break when no pair of classes ``(P, Q)`` in
+    ``follow`` has ``x`` in ``P`` and ``y`` in ``Q``: then no match, and no attempt the engine makes, consumes
+    both characters, so every scan that reaches a position before ``k`` has a search state at ``k``
+    (docs/tokenize.md). Patterns the analysis cannot read (back-references, conditionals, a lookaround wider
+    than :attr:`MAX_LOOKAROUND` characters, a pattern that matches the empty string, an unknown ``\\p{..}``)
+    get a :attr:`blocker` and no hard break.
+
+    >>> b = PatternBreaks(r"'s|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+")
+    >>> b.is_break("a", " "), b.is_break("a", "b"), b.is_break("1", "2"), b.is_break("!", "a"), b.is_break("a", "1")
+    (True, False, False, False, True)
+    """
+
+    MAX_LOOKAROUND = 4
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.blocker: str | None = None
+        self._positions: list[tuple[Any, bool]] = []  # (sre node, ignorecase)
+        self._follow: set[tuple[int, int]] = set()
+        self._props: list[tuple[bool, str]] = []
+        self._cache: dict[tuple[str, str], bool] = {}
+        self._member_cache: dict[str, tuple[frozenset[int], frozenset[int]]] = {}
+        try:
+            from re import _parser  # type: ignore[attr-defined]
+
+            parsed = _parser.parse(_PROPERTY.sub(self._placeholder, pattern), 0)
+            nullable, _, _ = self._walk(list(parsed), bool(parsed.state.flags & re.IGNORECASE))
+            if nullable:
+                raise _Unsupported("the pattern matches the empty string")
+        except _Unsupported as exc:
+            self.blocker = f"pre-tokenizer pattern: {exc}, so no cut can be proven exact"
+        except (re.error, ValueError) as exc:
+            self.blocker = f"pre-tokenizer pattern not readable by the hard-break analysis ({exc})"
+        self._lefts = sorted({a for a, _ in self._follow})
+        self._rights = sorted({b for _, b in self._follow})
+
+    def _placeholder(self, m: re.Match[str]) -> str:
+        name = m.group(3)
+        if name not in _CATEGORIES:
+            raise _Unsupported(f"\\p{{{name}}} is not analysed")
+        negate = (m.group(1) == "P") != (m.group(2) == "^")
+        self._props.append((negate, name))
+        return chr(_PLACEHOLDER + len(self._props) - 1)
+
+    # -- automaton -----------------------------------------------------------------------------------------------
+
+    def _walk(self, seq: list[Any], icase: bool) -> tuple[bool, set[int], set[int]]:
+        """(nullable, first, last) of a sequence of sre nodes; adds its inner follow pairs."""
+        nullable, first, last = True, set(), set()
+        for op, av in seq:
+            n, f, la = self._node(op, av, icase)
+            for a in last:
+                for b in f:
+                    self._follow.add((a, b))
+            if nullable:
+                first |= f
+            last = (last | la) if n else la
+            nullable = nullable and n
+        return nullable, first, last
+
+    def _node(self, op: Any, av: Any, icase: bool) -> tuple[bool, set[int], set[int]]:
+        from re import _constants as c  # type: ignore[attr-defined]
+
+        if op in (c.LITERAL, c.NOT_LITERAL, c.IN, c.ANY):
+            self._positions.append(((op, av), icase))
+            k = len(self._positions) - 1
+            return False, {k}, {k}
+        if op is c.BRANCH:
+            parts = [self._walk(list(alt), icase) for alt in av[1]]
+            return any(p[0] for p in parts), set().union(*(p[1] for p in parts)), set().union(*(p[2] for p in parts))
+        if op is c.SUBPATTERN:
+            _, add, remove, sub = av
+            flag = (icase or bool(add & re.IGNORECASE)) and not (remove & re.IGNORECASE)
+            return self._walk(list(sub), flag)
+        if op is c.ATOMIC_GROUP:
+            return self._walk(list(av), icase)
+        if op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT):
+            lo, hi, sub = av
+            n, f, la = self._walk(list(sub), icase)
+            if hi is c.MAXREPEAT or hi >= 2:
+                for a in la:
+                    for b in f:
+                        self._follow.add((a, b))
+            return n or lo == 0, f, la
+        if op in (c.ASSERT, c.ASSERT_NOT):
+            direction, sub = av
+            width = sub.getwidth()[1] if hasattr(sub, "getwidth") else None
+            if width is None or width > self.MAX_LOOKAROUND:
+                raise _Unsupported(f"a lookaround may read more than {self.MAX_LOOKAROUND} characters")
+            return True, set(), set()
+        if op is c.AT:
+            return True, set(), set()
+        raise _Unsupported(f"{str(op).lower()} is not analysed")
+
+    # -- membership ----------------------------------------------------------------------------------------------
+
+    def _member(self, ch: str, k: int) -> bool | None:
+        from re import _constants as c  # type: ignore[attr-defined]
+
+        (op, av), icase = self._positions[k]
+        if op is c.ANY:
+            return True
+        if op is c.LITERAL:
+            return self._literal(ch, av, icase)
+        if op is c.NOT_LITERAL:
+            r = self._literal(ch, av, icase)
+            return None if r is None else not r
+        negate = False
+        result: bool | None = False
+        for iop, iav in av:
+            if iop is c.NEGATE:
+                negate = True
+                continue
+            if iop is c.LITERAL:
+                r = self._literal(ch, iav, icase)
+            elif iop is c.RANGE:
+                lo, hi = iav
+                r = lo <= ord(ch) <= hi
+                if icase and not r and ch.isalpha():
+                    r = None  # another case of ch may lie in the range
+            elif iop is c.CATEGORY:
+                r = self._category(ch, iav)
+            else:
+                r = None
+            if r is True:
+                result = True
+                break
+            if r is None:
+                result = None
+        if result is None:
+            return None
+        return (not result) if negate else result
+
+    def _literal(self, ch: str, code: int, icase: bool) -> bool | None:
+        if code >= _PLACEHOLDER:
+            negate, name = self._props[code - _PLACEHOLDER]
+            cat = unicodedata.category(ch)
+            if cat == "Cn":
+                return None  # unassigned in Python's tables: another Unicode version may assign it
+            r = cat == name or cat[0] == name
+            return (not r) if negate else r
+        if ord(ch) == code:
+            return True
+        if icase:
+            lit = chr(code)
+            if ch.isascii() and lit.isascii():
+                return ch.lower() == lit.lower()
+            cased = ch.lower() != ch or ch.upper() != ch or ch.casefold() != ch or ch.title() != ch
+            return None if cased else False  # only a character with case mappings can fold onto another
+        return False
+
+    @staticmethod
+    def _category(ch: str, cat: Any) -> bool | None:
+        from re import _constants as c  # type: ignore[attr-defined]
+
+        if cat in (c.CATEGORY_SPACE, c.CATEGORY_NOT_SPACE):
+            r: bool | None = True if ch in _WHITE_SPACE else (None if ch in _PY_ONLY_SPACE else False)
+            return r if r is None or cat is c.CATEGORY_SPACE else not r
+        if ch.isascii() and cat in (c.CATEGORY_DIGIT, c.CATEGORY_NOT_DIGIT):
+            return ch.isdigit() == (cat is c.CATEGORY_DIGIT)
+        return None
+
+    def _classes(self, ch: str) -> tuple[frozenset[int], frozenset[int]]:
+        """Positions ``ch`` may belong to, among the left and right ends of follow pairs."""
+        got = self._member_cache.get(ch)
+        if got is None:
+            left = frozenset(k for k in self._lefts if self._member(ch, k) is not False)
+            right = frozenset(k for k in self._rights if self._member(ch, k) is not False)
+            got = self._member_cache[ch] = (left, right)
+        return got
+
+    def is_break(self, x: str, y: str) -> bool:
+        """Whether no match of the pattern can consume ``x`` immediately followed by ``y``."""
+        key = (x, y)
+        got = self._cache.get(key)
+        if got is None:
+            if self.blocker is not None:
+                got = False
+            else:
+                left, right = self._classes(x)[0], self._classes(y)[1]
+                got = not any((a, b) in self._follow for a in left for b in right)
+            self._cache[key] = got
+        return got
+
+
+class _Unsupported(Exception):
+    pass
