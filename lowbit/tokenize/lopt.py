@@ -16,9 +16,10 @@ takes piece ``i`` up to the cut and piece ``i+1`` from it, by index slicing.
 A clean anchor also starts a pre-token (word) in both chunks where ``backend.cuts_at_word_starts``: a word start
 of the pre-tokenizer for HF tokenizers, a hard break of the pattern for tiktoken (no pre-token can span it), a
 place no vocabulary piece can span for SentencePiece BPE. Then what lies on each side of the cut is tokenized whole
-on that side, which makes the cut provably exact (``docs/tokenize.md``, "Why the merge is exact"). Boundaries whose windows, up to the largest a retry reaches,
-hold no place to cut (``Backend.may_cut``) are merged before encoding; when every boundary of the first round
-fails (two or more, each window at least ``2·edge + 16`` units), all are merged at once instead of retried.
+on that side, which makes the cut provably exact (``docs/tokenize.md``, "Why the merge is exact"). Boundaries
+whose windows, up to the largest a retry reaches, hold no place to cut (``Backend.may_cut``) are merged before
+encoding; when every boundary of the first round fails (two or more, each window at least ``2·edge + 16`` units),
+all are merged at once instead of retried.
 
 A boundary with no accepted run is retried with a larger window: piece ``i`` is extended right and piece
 ``i+1`` left by the current window length (the window triples), at most ``max_retries`` times. Boundaries that

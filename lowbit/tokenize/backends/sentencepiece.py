@@ -26,10 +26,10 @@ from lowbit.tokenize.backends.base import (
     window_has_cut,
     with_word_starts,
 )
+from lowbit.tokenize.presets import LoadedTokenizer
 
 _MODEL_TYPES = {1: "Unigram", 2: "BPE", 3: "word", 4: "char"}
 _BYTE = 6  # ModelProto.SentencePiece.Type.BYTE: one UTF-8 byte, never part of a longer piece
-from lowbit.tokenize.presets import LoadedTokenizer
 
 
 class SentencePieceBackend(Backend):
@@ -151,7 +151,6 @@ class SentencePieceBackend(Backend):
     def may_cut(self, window: str) -> bool:
         """Whether ``window`` holds a place :meth:`is_cut` accepts, ``edge_units`` bytes from both ends."""
         return self._blocker is None and window_has_cut(window, self.edge_units, self.is_cut)
-
 
     def default_strategy(self, parallelism: int) -> str:
         """``"threads"``: the ``num_threads`` batch call runs chunks without the GIL and beat the process pool

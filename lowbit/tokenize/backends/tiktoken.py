@@ -327,7 +327,7 @@ class PatternBreaks:
                         self._follow.add((a, b))
             return n or lo == 0, f, la
         if op in (c.ASSERT, c.ASSERT_NOT):
-            direction, sub = av
+            _, sub = av
             width = sub.getwidth()[1] if hasattr(sub, "getwidth") else None
             if width is None or width > self.MAX_LOOKAROUND:
                 raise _Unsupported(f"a lookaround may read more than {self.MAX_LOOKAROUND} characters")
