@@ -25,12 +25,14 @@ instruction set how each is fed, and checks it once per process on adversarial t
 * ``"onednn"``: ``onednn::qlinear_pointwise`` on a weight prepacked by ``onednn::qlinear_prepack``, with uint8
   activations ``q + 128`` (VNNI; the signed path is ~100× slower there), signed int8 activations (AMX, where the
   uint8 path rounds), or ``q + 64`` (7-bit, no VNNI); output ``float32(acc)·s_w[n]``.
-* ``"int_mm"``: ``torch._int_mm`` (int32 result, no prepack), then ``float32(acc)·s_w[n]``; not exact without
-  VNNI, so not used there.
+* ``"int_mm"``: ``torch._int_mm`` on the ``[K, N]`` transposed view of the stored weight (int32 result, no
+  prepack and no copy), then ``float32(acc)·s_w[n]``; not exact without VNNI, so not used there.
 
-``kernel="auto"`` prepacks the exact backends among fbgemm and onednn and picks by the number of activation rows
-(:func:`choose_kernel`). Without VNNI the components are 7-bit (``|q| <= 63``, ratio 126) and one more pass runs,
-so the error bound ``M/(2·63·126^p)`` stays below the 8-bit ``M/(2·127·254^(p-1))``.
+``kernel="auto"`` prepacks one backend only, the first exact one of fbgemm and onednn, for GEMMs of up to
+``AUTO_SMALL_ROWS`` activation rows, and runs ``int_mm`` on the stored weight above (where it is exact with the same
+component range): the weight is held twice (stored + one prepacked copy) as with a single named kernel, not three
+times (:func:`resolve_int8_kernels`, :func:`choose_kernel`). Without VNNI the components are 7-bit (``|q| <= 63``,
+ratio 126) and one more pass runs, so the error bound ``M/(2·63·126^p)`` stays below the 8-bit ``M/(2·127·254^(p-1))``.
 
 **Range.** Rows are normalised by a power of two before the decomposition (exact) and the result scaled back, so
 rows below ``~3.7e-37`` and float64 rows beyond float32's range give the reference's answer instead of 0 or
@@ -46,6 +48,7 @@ INT32 accumulation is exact while ``K·127·127 < 2^31``: K <= 133144 (msd.md §
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import struct
 import warnings
@@ -59,6 +62,8 @@ from lowbit._timing import median_time
 from lowbit.msd.isa import KERNELS, Int8Profile, int8_profile
 
 __all__ = [
+    "AUTO_LARGE",
+    "AUTO_PREPACKED",
     "AUTO_SMALL_ROWS",
     "DECODE_MAX_ROWS",
     "MAX_K",
@@ -112,11 +117,13 @@ def available_int8_kernels() -> tuple[str, ...]:
     return tuple(found)
 
 
-# [measured, docs/msd-inference.md: the msd_<kernel>_* columns of bench_msd_linear] fbgemm is fastest for small GEMMs
-# (decode, M = 1: 0.36 ms vs 0.59 ms for onednn at K = N = 4096), onednn from a few rows on (10-20 % faster at
-# M >= 128).
-AUTO_SMALL_ROWS = 4
-AUTO_KERNELS = ("fbgemm", "onednn", "int_mm")
+# [measured, benchmarks/bench_msd_decode.py --kernels, docs/msd-inference.md "Decode"] fbgemm is the fastest INT8
+# GEMM for few rows (2 rows at K = N = 4096: about half of onednn's time, a quarter of int_mm's); int_mm on the
+# stored weight catches up at a few hundred rows. kernel="auto" prepacks only its first backend and runs int_mm
+# (which needs no prepacked copy) above AUTO_SMALL_ROWS rows.
+AUTO_SMALL_ROWS = 256
+AUTO_PREPACKED = ("fbgemm", "onednn")  # kernel="auto": the first exact one is prepacked and runs small GEMMs
+AUTO_LARGE = "int_mm"  # kernel="auto": runs GEMMs above AUTO_SMALL_ROWS rows on the stored weight, when exact
 
 
 def resolve_int8_kernel(kernel: str) -> Int8Profile:
@@ -140,21 +147,34 @@ def resolve_int8_kernel(kernel: str) -> Int8Profile:
 
 
 def resolve_int8_kernels(kernel: str) -> tuple[Int8Profile, ...]:
-    """The profiles a layer prepacks: a named backend -> itself; ``"auto"`` -> the exact backends of this CPU in
-    :data:`AUTO_KERNELS` order, at most two (the first for decode-sized GEMMs, the second above, see
-    :func:`choose_kernel`). ``"auto"`` raises only when no backend is exact here."""
+    """The profiles a layer runs: a named backend -> itself; ``"auto"`` -> the first exact backend of
+    :data:`AUTO_PREPACKED` (the only one prepacked), followed by ``int_mm`` when it is exact here with the same
+    component range (it multiplies the stored int8 weight in place, so it adds no weight copy; see
+    :func:`choose_kernel`). Without an exact prepacked backend ``"auto"`` is ``int_mm`` alone; it raises only
+    when no backend is exact here.
+
+    Every backend computes ``float32(acc)·s_w`` from the same exact integer sums, so with the same component
+    range the choice changes speed and memory, never a result bit (``tests/msd/test_linear.py``).
+    """
     if kernel != "auto":
         return (resolve_int8_kernel(kernel),)
-    profiles = [p for p in (int8_profile(k) for k in AUTO_KERNELS) if isinstance(p, Int8Profile)]
-    if not profiles:
+    prepacked = [p for p in (int8_profile(k) for k in AUTO_PREPACKED) if isinstance(p, Int8Profile)]
+    large = int8_profile(AUTO_LARGE)
+    if not prepacked and not isinstance(large, Int8Profile):
         reasons = {k: int8_profile(k) for k in KERNELS}
         raise RuntimeError(f"no INT8 kernel is exact on this CPU: {reasons}; use MSDConfig(method='dequant')")
-    return tuple(profiles[:2])
+    if not prepacked:
+        assert isinstance(large, Int8Profile)
+        return (large,)
+    first = prepacked[0]
+    if isinstance(large, Int8Profile) and large.qmax == first.qmax:
+        return (first, large)
+    return (first,)
 
 
 def choose_kernel(kernels: tuple[Int8Profile, ...], rows: int) -> Int8Profile:
-    """The backend for a GEMM with ``rows`` activation rows (``p·M``): the only one, or for ``"auto"`` the first
-    (fbgemm) up to ``AUTO_SMALL_ROWS`` rows and the second above."""
+    """The backend for a GEMM with ``rows`` activation rows (``p·M``): the only one, or for ``"auto"`` the
+    prepacked one (fbgemm where exact) up to ``AUTO_SMALL_ROWS`` rows and ``int_mm`` above."""
     if len(kernels) == 1:
         return kernels[0]
     return kernels[0] if rows <= AUTO_SMALL_ROWS else kernels[1]
@@ -175,7 +195,7 @@ class Int8Packed:
     """
 
     kernel: str
-    handle: Any  # fbgemm LinearPackedParams, onednn packed tensor, or the [K, N] int8 transpose for int_mm
+    handle: Any  # fbgemm LinearPackedParams, onednn packed tensor, or the [K, N] transposed view for int_mm
     scale: torch.Tensor  # float32 [N], already multiplied by 2^-shift
     n: int
     k: int
@@ -227,6 +247,8 @@ def pack_int8_weight(q: torch.Tensor, scale: torch.Tensor, kernel: str) -> Int8P
         raise ValueError(f"kernel must be 'fbgemm', 'onednn' or 'int_mm', got {kernel!r}")
     if kernel not in available_int8_kernels():
         raise RuntimeError(f"INT8 kernel {kernel!r} is not available in this torch build")
+    if kernel == "int_mm":  # torch._int_mm takes the [K, N] view of the stored weight as it is: no copy
+        return Int8Packed(kernel, q.t(), scale, n, k, shift)
     q = q.contiguous()
     if kernel == "fbgemm":
         with warnings.catch_warnings():  # torch warns that quantized tensors are deprecated on every creation
@@ -236,10 +258,8 @@ def pack_int8_weight(q: torch.Tensor, scale: torch.Tensor, kernel: str) -> Int8P
             )
         with _quantized_engine("x86" if "x86" in torch.backends.quantized.supported_engines else "fbgemm"):
             handle = torch.ops.quantized.linear_prepack(wq, None)
-    elif kernel == "onednn":
-        handle = torch.ops.onednn.qlinear_prepack(q, None)
     else:
-        handle = q.t().contiguous()
+        handle = torch.ops.onednn.qlinear_prepack(q, None)
     return Int8Packed(kernel, handle, scale, n, k, shift)
 
 
@@ -311,6 +331,15 @@ def encode_activations(buf: torch.Tensor, profile: Int8Profile) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _fbgemm_linear_fp32() -> Any:
+    """``quantized::linear_with_input_q_dq_qweight_dq_output_fp32``, resolved once: the bound C++ operator where
+    torch exposes it (``OpOverload._op``; the Python ``__call__`` wrapper adds ~10 µs per call, measured at M = 1),
+    else the overload itself. Both run the same kernel."""
+    overload = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32.default
+    return getattr(overload, "_op", overload)
+
+
 def gemm_with_profile(a: torch.Tensor, w: Int8Packed, profile: Int8Profile) -> torch.Tensor:
     """``float32(a · qᵀ)·scale`` for encoded activations ``a [R, K]`` (:func:`encode_activations`): integer-valued
     float32 (fbgemm, rounded half to even by the kernel when not integral), uint8 ``q + zero_point`` or int8.
@@ -320,7 +349,7 @@ def gemm_with_profile(a: torch.Tensor, w: Int8Packed, profile: Int8Profile) -> t
     if w.kernel == "fbgemm":
         if a.dtype != torch.float32:
             raise TypeError(f"the fbgemm kernel takes float32 activations, got {a.dtype}")
-        return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(a, 1.0, profile.zero_point, w.handle)
+        return _fbgemm_linear_fp32()(a, 1.0, profile.zero_point, w.handle)
     if w.kernel == "onednn":
         want = torch.int8 if profile.zero_point == 0 else torch.uint8
         if a.dtype != want:
@@ -416,14 +445,24 @@ def _decode_inverse_scales(x2: torch.Tensor, qmax: int) -> list[float] | None:
     Same values: ``1/a`` and ``·qmax`` are correctly rounded float32 operations (a float64 division or product of
     float32 operands rounded once to float32 equals the float32 one), and rounding commutes with the power of two
     the general path applies to ``a`` and later removes. One host read of the ``M`` row maxima replaces the
-    ``.any()``/``.all()`` checks of the general path.
+    ``.any()``/``.all()`` checks of the general path. For one row the maximum comes from ``torch.aminmax`` (one
+    op, ``max(-min, max) = max|x|``; half the time of ``abs().amax()`` at K = 4096).
 
     >>> _decode_inverse_scales(torch.tensor([[0.5, -2.0]]), 127)
     [63.5]
     >>> _decode_inverse_scales(torch.tensor([[0.0, 0.0]]), 127) is None
     True
+    >>> _decode_inverse_scales(torch.tensor([[1.0, float("nan")]]), 127) is None
+    True
     """
-    amax = x2.abs().amax(dim=1).tolist()  # NaN propagates; 3x faster than vector_norm(ord=inf) at K = 4096
+    if x2.shape[0] == 1:
+        lo_t, hi_t = torch.aminmax(x2)
+        lo, hi = -lo_t.item(), hi_t.item()
+        if lo != lo or hi != hi:  # NaN (aminmax propagates it)
+            return None
+        amax = [hi if hi >= lo else lo]
+    else:
+        amax = x2.abs().amax(dim=1).tolist()  # NaN propagates; 3x faster than vector_norm(ord=inf) at K = 4096
     inv = []
     for a in amax:
         if not _DECODE_AMAX_LO <= a <= _DECODE_AMAX_HI:  # also False for NaN
@@ -441,6 +480,13 @@ def _f32(v: float) -> float:
     return _F32.unpack(_F32.pack(v))[0]
 
 
+@functools.cache
+def _step_tensor(step: float) -> torch.Tensor:
+    """A read-only float32 ``[1]`` tensor holding ``step`` (multiplying by it is the same float32 product as by
+    the Python scalar, and skips the ~6 µs of wrapping a scalar on every call)."""
+    return torch.tensor([step], dtype=torch.float32)
+
+
 def _msd_int8_decode(
     x2: torch.Tensor,
     packed: Int8Packed,
@@ -451,35 +497,46 @@ def _msd_int8_decode(
     profile: Int8Profile,
 ) -> torch.Tensor | None:
     """The decode path of :func:`msd_int8_linear` (``M <= DECODE_MAX_ROWS``, one K-segment, no weight scale
-    shift, float32/bfloat16/float16 input): the same decomposition and recombination with ~10 torch ops instead of
-    ~70, bit-identical to the general path (``tests/msd/test_kernels.py``). Returns None for rows the general path
-    must handle (zero, NaN/Inf, or ``max|x|`` outside ``[2^-60, 2^60]``).
+    shift, float32/bfloat16/float16 input): the same decomposition and recombination with ~12 torch ops instead of
+    ~70, bit-identical to the general path (``tests/msd/test_kernels.py``, ``test_generate_decode_path.py``).
+    Returns None for rows the general path must handle (zero, NaN/Inf, or ``max|x|`` outside ``[2^-60, 2^60]``).
+
+    Per call (``p = 2``, fbgemm): ``aminmax`` + host read, ``full`` (inv), ``empty`` + ``unbind`` (the component
+    buffer), ``mul``, ``round``, ``sub_``, ``mul_`` (the components), the GEMM, ``chunk``, ``add_`` (alpha) and
+    ``div_`` (or ``addcdiv`` with a bias: ``bias + 1·(y/inv)``, the same two roundings as ``div_`` then ``add_``).
     """
     inv_list = _decode_inverse_scales(x2, profile.qmax)
     if inv_list is None:
         return None
     m, k = x2.shape
-    inv = torch.tensor(inv_list, dtype=torch.float32).unsqueeze(1)
+    if m == 1:
+        inv = torch.full((1, 1), inv_list[0], dtype=torch.float32)
+    else:
+        inv = torch.tensor([[v] for v in inv_list], dtype=torch.float32)
     buf = torch.empty(comps, m, k, dtype=torch.float32)
-    work = buf[comps - 1]
+    rows = buf.unbind(0)
+    work = rows[comps - 1]
     torch.mul(x2, inv, out=work)
     step = 2.0 * profile.qmax
-    for i in range(comps - 1):
-        torch.round(work, out=buf[i])
-        work.sub_(buf[i]).mul_(step)
+    if comps > 1:
+        step_t = _step_tensor(step)
+        for i in range(comps - 1):
+            torch.round(work, out=rows[i])
+            work.sub_(rows[i]).mul_(step_t)
     if profile.kernel != "fbgemm":
         work.round_()
     a = encode_activations(buf, profile)
     if stacked:
         out = gemm_with_profile(a.view(comps * m, k), packed, profile)
-        parts = [out[i * m : (i + 1) * m] for i in range(comps)]
+        parts = out.chunk(comps) if comps > 1 else (out,)
     else:
-        parts = [gemm_with_profile(a[i], packed, profile) for i in range(comps)]
+        parts = tuple(gemm_with_profile(a[i], packed, profile) for i in range(comps))
     y = parts[0]
     for i in range(1, comps):
         y.add_(parts[i], alpha=step ** (-i))
-    y.div_(inv)
-    return y if bias is None else y.add_(bias.to(torch.float32))
+    if bias is None:
+        return y.div_(inv)
+    return torch.addcdiv(bias.to(torch.float32), y, inv)
 
 
 def _apply_exponents(y: torch.Tensor, exponents: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:

@@ -126,7 +126,7 @@ class MSDLinear(nn.Module):
 
     @property
     def kernel(self) -> str:
-        """The GEMM backends of this layer: ``"fbgemm"``, ``"onednn"``, ``"int_mm"``, ``"auto(fbgemm|onednn)"`` (MSD,
+        """The GEMM backends of this layer: ``"fbgemm"``, ``"onednn"``, ``"int_mm"``, ``"auto(fbgemm|int_mm)"`` (MSD,
         see :meth:`kernel_for`) or ``"dequant"``."""
         return self._scheme.kernel_name
 
@@ -162,8 +162,9 @@ class MSDLinear(nn.Module):
 
     def memory_bytes(self) -> dict[str, int]:
         """Bytes of the stored quantized weight (checkpoint) and of the kernels' prepacked copies (estimate: one
-        byte per weight and backend for INT8, ``kernel="auto"`` keeping two, fbgemm for decode and onednn for
-        larger M; one byte per weight and exponent band for MXFP4; none for the dequant baseline)."""
+        byte per weight for INT8 with fbgemm, onednn or ``kernel="auto"`` (one prepacked backend; its ``int_mm``
+        for large M multiplies the stored weight), none with ``int_mm``; one byte per weight and exponent band
+        for MXFP4; none for the dequant baseline)."""
         stored = sum(b.numel() * b.element_size() for n, b in self.named_buffers() if n != "bias")
         return {"stored": stored, "prepacked": self._scheme.prepacked_bytes(self)}
 
@@ -225,7 +226,7 @@ class MSDLinear(nn.Module):
             raise ValueError(f"MSDLinear runs on the CPU, got x on {x.device}")
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have last dimension in_features={self.in_features}, got shape {tuple(x.shape)}")
-        return x.reshape(-1, self.in_features)
+        return x if x.dim() == 2 else x.reshape(-1, self.in_features)
 
 
 def quantize_weight(weight: torch.Tensor, config: MSDConfig) -> dict[str, torch.Tensor]:

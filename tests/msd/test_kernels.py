@@ -10,6 +10,7 @@ from lowbit.msd import matmul_error_bound, matmul_reference
 from lowbit.msd.gemm import int_gemm
 from lowbit.msd.isa import Int8Profile, int8_profile
 from lowbit.msd.kernels import (
+    AUTO_SMALL_ROWS,
     MAX_K,
     choose_kernel,
     decompose_int8_fast,
@@ -54,10 +55,10 @@ def test_some_kernel_is_exact_here() -> None:
 def test_auto_uses_the_first_exact_kernel_for_decode_and_the_second_above() -> None:
     auto = resolve_int8_kernels("auto")
     assert 1 <= len(auto) <= 2 and all(isinstance(p, Int8Profile) for p in auto)
-    if "fbgemm" in KERNELS and "onednn" in KERNELS:
-        assert [p.kernel for p in auto] == ["fbgemm", "onednn"]
+    if "fbgemm" in KERNELS and "int_mm" in KERNELS and PROFILES["int_mm"].qmax == PROFILES["fbgemm"].qmax:
+        assert [p.kernel for p in auto] == ["fbgemm", "int_mm"]  # one prepacked backend, int_mm on the stored weight
         assert choose_kernel(auto, 2).kernel == "fbgemm"
-        assert choose_kernel(auto, 16).kernel == "onednn"
+        assert choose_kernel(auto, AUTO_SMALL_ROWS + 1).kernel == "int_mm"
     for kernel in KERNELS:
         assert resolve_int8_kernels(kernel) == (PROFILES[kernel],) and choose_kernel((PROFILES[kernel],), 1).kernel
     with pytest.raises(ValueError, match="kernel"):

@@ -117,15 +117,45 @@ def test_state_dict_round_trip_rebuilds_the_kernels() -> None:
 
 
 def test_auto_kernel_dispatch_gives_the_same_numbers_as_each_backend() -> None:
+    from lowbit.msd.kernels import AUTO_SMALL_ROWS
+
     lin = _linear(128, 40, 10)
     auto = MSDLinear.from_linear(lin, MSDConfig())
-    assert auto.kernel == "auto(fbgemm|onednn)"
-    assert auto.kernel_for(1) == "fbgemm" and auto.kernel_for(64) == "onednn"
-    for m in (1, 64):
+    big = AUTO_SMALL_ROWS // 2 + 1  # p·M = 2·big rows: above the threshold
+    kernels = {p.kernel for p in auto._scheme.kernels}
+    for m in (1, 3, big):
         x = torch.randn(m, 128)
         single = MSDLinear.from_linear(lin, MSDConfig(kernel=auto.kernel_for(m)))
         assert torch.equal(auto(x), single(x))
-    assert auto.memory_bytes()["prepacked"] == 2 * 128 * 40
+        for other in kernels:  # every backend auto holds gives the same bits at every M
+            assert torch.equal(auto(x), MSDLinear.from_linear(lin, MSDConfig(kernel=other))(x))
+    if "fbgemm" in kernels and "int_mm" in kernels:
+        assert auto.kernel == "auto(fbgemm|int_mm)"
+        assert auto.kernel_for(1) == "fbgemm" and auto.kernel_for(big) == "int_mm"
+
+
+def test_auto_keeps_one_prepacked_copy_of_the_weight() -> None:
+    """kernel="auto" prepacks one backend (issue 12: two copies doubled the weight memory); its int_mm path for large
+    M multiplies a view of the stored qweight, without a copy."""
+    lin = _linear(128, 40, 10)
+    auto = MSDLinear.from_linear(lin, MSDConfig())
+    assert auto.memory_bytes()["prepacked"] == sum(p.kernel != "int_mm" for p in auto._scheme.kernels) * 128 * 40
+    assert auto.memory_bytes()["prepacked"] <= 128 * 40
+    assert sum(p.kernel in ("fbgemm", "onednn") for p in auto._scheme.kernels) <= 1
+    for segments in auto._scheme._segments.values():
+        for _, _, packed in segments:
+            if packed.kernel == "int_mm":
+                assert packed.handle.untyped_storage().data_ptr() == auto.qweight.untyped_storage().data_ptr()
+    configs = [MSDConfig(group_size=32)]
+    if "int_mm" in EXACT:
+        assert MSDLinear.from_linear(lin, MSDConfig(kernel="int_mm")).memory_bytes()["prepacked"] == 0
+        configs.append(MSDConfig(kernel="int_mm", group_size=32))
+    for cfg in configs:  # per-group K-segments (int_mm on strided views of the stored weight)
+        layer = MSDLinear.from_linear(lin, cfg)
+        x = torch.randn(300, 128)
+        assert torch.equal(layer(x)[:5], layer(x[:5]))
+        y64 = layer.reference_forward(x)
+        assert float((layer(x).double() - y64).abs().max() / y64.abs().max()) < 1e-4
 
 
 def test_tune_records_a_plan_and_keeps_outputs() -> None:

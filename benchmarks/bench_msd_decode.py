@@ -1,0 +1,326 @@
+"""MSD INT8 decode (M = 1-8) against ``quantize_dynamic``: times, thread scaling, where the time goes (issue 12).
+
+For each thread count (``torch.set_num_threads``), shape ``K x N`` (``nn.Linear(K, N)``, no bias) and M, the same
+INT8 weights ``W̃ = q ⊙ s_w`` (per output channel, from ``W ~ N(0, 0.02²)``) are multiplied by
+
+* ``msd``: ``MSDLinear`` INT8, two passes, ``kernel="auto"`` (the default), called as a module;
+* ``quantize_dynamic``: ``torch.ao.quantization.quantize_dynamic`` (per-channel qint8 weights re-quantized from W̃,
+  one dynamic 8-bit activation pass), called as a module.
+
+The two are timed **interleaved** (rounds of ``calls`` calls of each, alternating), so load from other processes hits
+both alike; the table gives the medians over rounds, ``ratio = msd / quantize_dynamic`` per round (median, and its
+10th-90th percentile as the spread) and each side's spread ``(max - min) / median``.
+
+``--profile`` (M = 1, first shape) splits one call into parts, timed interleaved the same way: the fbgemm GEMM alone
+on the stacked 2-row input (``gemm_2row``) and on one row (``gemm_1row``), ``quantized::linear_dynamic`` alone
+(``qd_op``), the decode function without the module wrapper (``decode_fn``); and records ``torch.profiler``'s
+self CPU time per op for both modules. ``--kernels`` times the GEMM alone per backend (fbgemm, onednn, int_mm on
+the stored weight) for 2-512 rows (the ``kernel="auto"`` crossover). ``--memory`` builds layers in subprocesses and
+records the resident-memory growth per layer for each ``kernel`` setting.
+
+    flock /tmp/lowbit-bench.lock .venv/bin/python benchmarks/bench_msd_decode.py [--quick] [--profile] \
+        [--kernels] [--memory] [--threads 1,2] [--name NAME]
+
+Writes ``benchmarks/results/msd_decode.json`` (``msd_decode_quick.json`` with ``--quick``, or ``<NAME>.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(os.environ.get("LOWBIT_BENCH_SRC", Path(__file__).resolve().parent.parent))))
+
+from _harness import print_table, write_results
+
+from lowbit.msd import kernels as msd_kernels
+from lowbit.msd.config import MSDConfig
+from lowbit.msd.linear import MSDLinear
+
+FULL_KN = ((4096, 4096), (4096, 11008), (11008, 4096))
+QUICK_KN = ((4096, 4096),)
+MS = (1, 2, 4, 8)
+
+
+def _layers(k: int, n: int) -> tuple[MSDLinear, nn.Module, torch.Tensor, torch.Tensor]:
+    """The MSD layer (auto kernel), the quantize_dynamic module on the same W̃, and q, s_w."""
+    gen = torch.Generator().manual_seed(k + 7 * n)
+    lin = nn.Linear(k, n, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(n, k, generator=gen) * 0.02)
+    msd = MSDLinear.from_linear(lin, MSDConfig(weight="int8", passes=2))
+    with torch.no_grad():
+        lin.weight.copy_(msd.dequantized_weight(torch.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        qd = quantize_dynamic(nn.Sequential(lin), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+    return msd, qd, msd.qweight, msd.weight_scale[:, 0]
+
+
+def interleaved(fns: dict[str, Any], *, rounds: int, calls: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds per call of each function, one sample per round; within a round the functions run one after the
+    other (``calls`` calls each), so a load change hits every function of that round."""
+    with torch.no_grad():
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
+        samples: dict[str, list[float]] = {name: [] for name in fns}
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                samples[name].append((time.perf_counter() - start) / calls)
+    return samples
+
+
+def _stats(samples: list[float]) -> dict[str, float]:
+    med = statistics.median(samples)
+    return {"median_s": med, "min_s": min(samples), "spread": (max(samples) - min(samples)) / med}
+
+
+def _quantiles(values: list[float]) -> tuple[float, float]:
+    qs = statistics.quantiles(values, n=10)
+    return qs[0], qs[-1]
+
+
+def bench_cell(msd: MSDLinear, qd: nn.Module, m: int, *, rounds: int) -> dict[str, Any]:
+    """msd vs quantize_dynamic at M = m, interleaved; per-round ratios give the spread of the ratio."""
+    k = msd.in_features
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(100 + m))
+    with torch.no_grad():
+        y, ref = msd(x), msd.reference_forward(x)
+    err = float((y.double() - ref).norm() / ref.norm())
+    s = interleaved({"msd": lambda: msd(x), "quantize_dynamic": lambda: qd(x)}, rounds=rounds, calls=10)
+    ratios = [a / b for a, b in zip(s["msd"], s["quantize_dynamic"], strict=True)]
+    lo, hi = _quantiles(ratios)
+    return {
+        "M": m,
+        "msd": _stats(s["msd"]),
+        "quantize_dynamic": _stats(s["quantize_dynamic"]),
+        "ratio_median": statistics.median(ratios),
+        "ratio_p10": lo,
+        "ratio_p90": hi,
+        "msd_rel_err_vs_reference": err,
+        "kernel": msd.kernel_for(m),
+    }
+
+
+def profile_decode(msd: MSDLinear, qd: nn.Module, *, rounds: int) -> dict[str, Any]:
+    """Where one M = 1 call goes: parts timed interleaved, and torch.profiler's self CPU time per op."""
+    k = msd.in_features
+    x = torch.randn(1, k, generator=torch.Generator().manual_seed(7))
+    profile = msd.profile_for(1)
+    packed = msd._scheme._segments[profile.kernel][0][2]
+    comps = profile.passes_for(msd.config.passes)
+    a = torch.randint(-profile.qmax, profile.qmax + 1, (comps, k), generator=torch.Generator().manual_seed(8))
+    a = msd_kernels.encode_activations(a.to(torch.float32), profile)
+    a1 = a[:1].contiguous()
+    qd_packed = qd[0]._packed_params._packed_params
+    fns = {
+        "msd": lambda: msd(x),
+        "quantize_dynamic": lambda: qd(x),
+        "decode_fn": lambda: msd_kernels._msd_int8_decode(x, packed, comps, stacked=True, bias=None, profile=profile),
+        f"gemm_{comps}row": lambda: msd_kernels.gemm_with_profile(a, packed, profile),
+        "gemm_1row": lambda: msd_kernels.gemm_with_profile(a1, packed, profile),
+        "qd_op": lambda: torch.ops.quantized.linear_dynamic(x, qd_packed, True),
+    }
+    s = interleaved(fns, rounds=rounds, calls=10)
+    parts = {name: _stats(v) for name, v in s.items()}
+    med = {name: p["median_s"] for name, p in parts.items()}
+    derived = {
+        "msd_outside_gemm_s": med["msd"] - med[f"gemm_{comps}row"],
+        "module_wrapper_s": med["msd"] - med["decode_fn"],
+        "decode_ops_outside_gemm_s": med["decode_fn"] - med[f"gemm_{comps}row"],
+        "qd_outside_op_s": med["quantize_dynamic"] - med["qd_op"],
+        "gemm_stacked_over_qd_op": med[f"gemm_{comps}row"] / med["qd_op"],
+        "gemm_stacked_over_gemm_1row": med[f"gemm_{comps}row"] / med["gemm_1row"],
+    }
+    ops: dict[str, Any] = {}
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    for name in ("msd", "quantize_dynamic"):
+        fn = fns[name]
+        with torch.no_grad(), torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(100):
+                fn()
+        table = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        ops[name] = {
+            "calls": 100,
+            "ops_per_call": sum(e.count for e in table) / 100,
+            "self_cpu_us_per_call": {e.key: e.self_cpu_time_total / 100 for e in table[:16]},
+        }
+    return {"kernel": profile.kernel, "components": comps, "parts": parts, "derived": derived, "profiler": ops}
+
+
+def bench_kernels(k: int, n: int, *, rounds: int) -> list[dict[str, Any]]:
+    """GEMM alone per backend for 2-512 activation rows (stacked components), the auto crossover."""
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=gen)
+    s = torch.rand(n, generator=gen) * 0.01 + 1e-3
+    packs = {}
+    for kern in msd_kernels.available_int8_kernels():
+        prof = msd_kernels.int8_profile(kern)
+        if not isinstance(prof, msd_kernels.Int8Profile):
+            continue
+        packs[kern] = (msd_kernels.pack_int8_weight(q, s, kern), prof)
+    rows_out = []
+    for rows in (2, 4, 8, 16, 32, 64, 128, 256, 512):
+        a = torch.randint(-127, 128, (rows, k), dtype=torch.int8, generator=gen)
+        fns = {}
+        for kern, (packed, prof) in packs.items():
+            enc = msd_kernels.encode_activations(a.to(torch.float32), prof)
+            fns[kern] = lambda enc=enc, packed=packed, prof=prof: msd_kernels.gemm_with_profile(enc, packed, prof)
+        calls = 5 if rows <= 32 else 1
+        samp = interleaved(fns, rounds=max(5, rounds // 3), calls=calls, warmup=1)
+        rows_out.append({"rows": rows, **{kern: _stats(v) for kern, v in samp.items()}})
+        print(
+            f"  rows {rows:4d}: "
+            + "  ".join(f"{kk} {v['median_s'] * 1e3:.3f} ms" for kk, v in rows_out[-1].items() if isinstance(v, dict)),
+            flush=True,
+        )
+    return rows_out
+
+
+_MEMORY_CHILD = r"""
+import gc, json, sys, torch
+sys.path.insert(0, sys.argv[1])
+from lowbit.msd import MSDConfig, MSDLinear
+k, n, kernel = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+g = torch.Generator().manual_seed(0)
+q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+sd = {"qweight": q, "weight_scale": torch.rand(n, 1) * 0.01}
+def build():
+    layer = MSDLinear(k, n, bias=False, config=MSDConfig(kernel=kernel))
+    layer.load_state_dict(sd)
+    return layer
+layer = build()
+del layer
+gc.collect()
+r0 = rss()
+layers = [build() for _ in range(4)]
+gc.collect()
+print(json.dumps({"rss_per_layer_bytes": (rss() - r0) / 4, "memory_bytes": layers[0].memory_bytes(),
+                  "kernel": layers[0].kernel}))
+"""
+
+
+def bench_memory(k: int, n: int) -> dict[str, Any]:
+    """Resident-memory growth per INT8 layer (4 layers built in a fresh process) for each kernel setting."""
+    src = os.environ.get("LOWBIT_BENCH_SRC", str(Path(__file__).resolve().parent.parent))
+    out: dict[str, Any] = {"K": k, "N": n, "weight_bytes": k * n}
+    for kernel in ("auto", *msd_kernels.available_int8_kernels()):
+        res = subprocess.run(
+            [sys.executable, "-c", _MEMORY_CHILD, src, str(k), str(n), kernel], capture_output=True, text=True
+        )
+        if res.returncode != 0:
+            out[kernel] = {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "failed"}
+            continue
+        out[kernel] = json.loads(res.stdout.strip().splitlines()[-1])
+        print(
+            f"  kernel={kernel:7s} RSS/layer {out[kernel]['rss_per_layer_bytes'] / 2**20:7.1f} MiB "
+            f"(weight {k * n / 2**20:.1f} MiB) {out[kernel]['memory_bytes']}",
+            flush=True,
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="4096 x 4096 only, fewer rounds")
+    parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts (default 1,2)")
+    parser.add_argument("--profile", action="store_true", help="split an M = 1 call into parts; torch.profiler")
+    parser.add_argument("--kernels", action="store_true", help="GEMM alone per backend, 2-512 rows")
+    parser.add_argument("--memory", action="store_true", help="resident memory per layer per kernel setting")
+    parser.add_argument("--name", default=None, help="results file name (default msd_decode[_quick])")
+    args = parser.parse_args(argv)
+    threads = [int(t) for t in args.threads.split(",")]
+    kns = QUICK_KN if args.quick else FULL_KN
+    rounds = 15 if args.quick else 25
+    start = time.perf_counter()
+    load_before = os.getloadavg()
+    rows: list[dict[str, Any]] = []
+    profiles: dict[str, Any] = {}
+    kernel_rows: dict[str, Any] = {}
+    for k, n in kns:
+        msd, qd, _, _ = _layers(k, n)
+        for th in threads:
+            torch.set_num_threads(th)
+            for m in MS:
+                cell = bench_cell(msd, qd, m, rounds=rounds)
+                rows.append({"threads": th, "K": k, "N": n, **cell})
+                print(
+                    f"threads={th} K={k:5d} N={n:5d} M={m}: msd {cell['msd']['median_s'] * 1e3:.3f} ms  "
+                    f"qd {cell['quantize_dynamic']['median_s'] * 1e3:.3f} ms  ratio {cell['ratio_median']:.3f} "
+                    f"[{cell['ratio_p10']:.2f}, {cell['ratio_p90']:.2f}]  ({time.perf_counter() - start:.0f} s)",
+                    flush=True,
+                )
+            if args.profile and (k, n) == kns[0]:
+                profiles[str(th)] = profile_decode(msd, qd, rounds=rounds)
+                d = profiles[str(th)]["derived"]
+                print(
+                    f"  profile threads={th}: "
+                    + "  ".join(f"{key} {v * 1e3 if key.endswith('_s') else v:.3f}" for key, v in d.items()),
+                    flush=True,
+                )
+            if args.kernels and (k, n) == kns[0]:
+                kernel_rows[str(th)] = bench_kernels(k, n, rounds=rounds)
+    memory = bench_memory(4096, 11008) if args.memory else {}
+    header = ["threads", "K", "N", "M", "msd ms", "qd ms", "ratio", "ratio p10-p90", "msd spread", "qd spread"]
+    table = [
+        [
+            r["threads"],
+            r["K"],
+            r["N"],
+            r["M"],
+            r["msd"]["median_s"] * 1e3,
+            r["quantize_dynamic"]["median_s"] * 1e3,
+            r["ratio_median"],
+            f"{r['ratio_p10']:.2f}-{r['ratio_p90']:.2f}",
+            r["msd"]["spread"],
+            r["quantize_dynamic"]["spread"],
+        ]
+        for r in rows
+    ]
+    print_table(header, table)
+    name = args.name or ("msd_decode_quick" if args.quick else "msd_decode")
+    path = write_results(
+        name,
+        {
+            "quick": args.quick,
+            "torch": torch.__version__,
+            "threads": threads,
+            "rounds": rounds,
+            "calls_per_sample": 10,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+            "rows": rows,
+            "profile": profiles,
+            "kernels": kernel_rows,
+            "memory": memory,
+            "seconds": time.perf_counter() - start,
+        },
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
