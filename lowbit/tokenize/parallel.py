@@ -11,6 +11,7 @@ token for token. Everything that differs between libraries is a rule of the back
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -154,6 +155,14 @@ class ParallelTokenizer:
         self._start_method = start_method
         #: Why no cut of this tokenizer's input can be proven exact (texts then take one sequential call), or None.
         self._blocker: str | None = self.backend.exact_cut_blocker()
+        #: Texts shorter than this take one backend call (:meth:`_one_call`), precomputed for the per-call path.
+        self._one_call_below: int = (
+            sys.maxsize
+            if self.strategy == "direct" or self._blocker is not None
+            else max(self.config.min_parallel_chars, 1)
+        )
+        self._encode_list = self.backend.encode_list
+        self._encode_ids = self.backend.encode_ids
 
     # ---------------------------------------------------------------------------------------------------------
     # encoding
@@ -170,10 +179,14 @@ class ParallelTokenizer:
         >>> ParallelTokenizer("qwen2", workers=1).encode("Hello world, tokenization!")
         [9707, 1879, 11, 3950, 2022, 0]
         """
-        if type(text) is str and not (add_special_tokens or self.verify or self._closed) and self._one_call(len(text)):
+        if (
+            type(text) is str
+            and len(text) < self._one_call_below
+            and not (add_special_tokens or self.verify or self._closed)
+        ):
             # One call: the backend's own list-returning call (no numpy round trip, no scan of the text; a lone
             # surrogate is caught from the library's own UTF-8 conversion), so it costs what the library costs.
-            ids = self.backend.encode_list(text)
+            ids = self._encode_list(text)
             if on_progress:
                 on_progress(len(text), len(text))
             return ids
@@ -183,8 +196,12 @@ class ParallelTokenizer:
         self, text: str, *, add_special_tokens: bool = False, on_progress: ProgressFn | None = None
     ) -> np.ndarray:
         """Like :meth:`encode`, as a ``uint32`` numpy array (no per-token Python objects)."""
-        if type(text) is str and not (add_special_tokens or self.verify or self._closed) and self._one_call(len(text)):
-            ids = self.backend.encode_ids(text)  # the backend's own fastest call, nothing around it
+        if (
+            type(text) is str
+            and len(text) < self._one_call_below
+            and not (add_special_tokens or self.verify or self._closed)
+        ):
+            ids = self._encode_ids(text)  # the backend's own fastest call, nothing around it
             if on_progress:
                 on_progress(len(text), len(text))
             return ids
@@ -315,7 +332,7 @@ class ParallelTokenizer:
     def _one_call(self, n: int) -> bool:
         """Whether a text of ``n`` characters is one backend call: the direct strategy, below
         ``min_parallel_chars``, or a tokenizer whose cuts cannot be proven exact."""
-        return self.strategy == "direct" or n < max(self.config.min_parallel_chars, 1) or self._blocker is not None
+        return n < self._one_call_below
 
     def _check_text(self, text: Any) -> str:
         """A ``str``, checked (and for tiktoken repaired) by the backend's rule for lone surrogates."""

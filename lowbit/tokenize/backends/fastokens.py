@@ -47,6 +47,12 @@ class FastokensBackend(Backend):
         self.ref = reference
         self.ordinary = ordinary
         self.name = f"{name}+fastokens"
+        # fastokens stands in only where no special-token string is refused (HF vocabularies, tiktoken with
+        # allowed_special None or "all": nothing is disallowed), so the one-call paths skip the refusal check.
+        # Kept as a guard for any other reference.
+        self._refuses = isinstance(reference, TiktokenBackend) and reference.allowed_special not in (None, "all")
+        self._encode = fast.encode
+        self._flat = fast.encode_batch_flat
         # fastokens compiles its regexes on the first call (~0.3 s): pay it here, not on the user's first text.
         self.fast.encode_batch_flat(["warm up: Hello, 世界 123 \n\t"], split_special_tokens=ordinary)
 
@@ -115,17 +121,19 @@ class FastokensBackend(Backend):
         """fastokens' own list-returning call (``encode(text).ids``: the list is built in Rust, cheaper than a
         numpy buffer turned into a list). A lone surrogate fails its UTF-8 conversion; then the text is repaired
         (tiktoken vocabularies) or the named error raised, as the library it stands in for does."""
-        self.ref.check_disallowed(text)
+        if self._refuses:
+            self.ref.check_disallowed(text)
         try:
-            return self.fast.encode(text, split_special_tokens=self.ordinary).ids
+            return self._encode(text, split_special_tokens=self.ordinary).ids
         except UnicodeEncodeError:
             return self.fast.encode(self.ref.check_text(text), split_special_tokens=self.ordinary).ids
 
     def encode_ids(self, text: str) -> np.ndarray:
         """fastokens' flat call (no per-token Python objects); lone surrogates as in :meth:`encode_list`."""
-        self.ref.check_disallowed(text)
+        if self._refuses:
+            self.ref.check_disallowed(text)
         try:
-            ids, _ = self.fast.encode_batch_flat([text], split_special_tokens=self.ordinary)
+            ids, _ = self._flat([text], split_special_tokens=self.ordinary)
         except UnicodeEncodeError:
             ids, _ = self.fast.encode_batch_flat([self.ref.check_text(text)], split_special_tokens=self.ordinary)
         return np.frombuffer(ids, dtype=np.uint32)

@@ -37,7 +37,9 @@ import numpy as np
 from lowbit.tokenize.backends import ChunkEncoding, HFBackend, Piece
 from lowbit.tokenize.lopt import LoptConfig, MergeStats, make_plan
 from lowbit.tokenize.wrap.segments import Segment, lossless_segments
-from lowbit.tokenize.wrap.state_json import ARRAYS, FIELDS, StateArrays, element_bounds, format_numbers, parse_numbers
+from lowbit.tokenize.wrap.state_json import FIELDS, StateArrays, element_bounds, format_numbers, parse_numbers
+
+_COMMA = 44
 
 STATE_KEYS = FIELDS  # the keys of an Encoding's pickle state (one list, in state_json)
 _PER_TOKEN = ("ids", "tokens", "words", "offsets", "special_tokens_mask", "attention_mask")
@@ -123,62 +125,70 @@ def merged_state(segments: Sequence[Segment], type_id: int) -> bytes:
     Each segment's payload is the raw ``Encoding`` of its piece. Per-token arrays are sliced to ``[lo, hi)``;
     offsets are shifted by ``segment.start``; word indices by ``shift_i = w_{i-1}[anchor] + shift_{i-1} - w_i[lo]``
     (the cut token's word in the previous piece, carried to the whole text, minus its word in this piece).
+
+    Cost: ids, masks and tokens are copied as bytes (sliced at their separators); words and offsets of all
+    segments are parsed, shifted and written back in one vectorised pass each (:func:`parse_numbers`,
+    :func:`format_numbers`).
     """
-    parts: dict[str, list[bytes]] = {name: [] for name in ARRAYS if name != "type_ids"}
+    parts: dict[str, list[bytes]] = {"ids": [], "special_tokens_mask": [], "attention_mask": [], "tokens": []}
+    words_out: list[np.ndarray] = []
+    offsets_out: list[np.ndarray] = []
     count = 0
     shift = 0
-    prev: tuple[bytes, np.ndarray] | None = None
+    prev_words: np.ndarray | None = None
     for seg in segments:
         arrays = StateArrays.parse(seg.payload.__getstate__()).content
-        w_content = arrays["words"]
-        w_bounds = element_bounds(w_content, "number")[0]
+        words = parse_numbers(arrays["words"])
         if seg.anchor is not None:
-            assert prev is not None
-            w_prev, w_here = _number_at(*prev, seg.anchor), _number_at(w_content, w_bounds, seg.lo)
+            assert prev_words is not None
+            w_prev, w_here = int(prev_words[seg.anchor]), int(words[seg.lo])
             if w_prev < 0 or w_here < 0:
                 raise ValueError("a LoPT cut token has no word index; cannot carry word ids across the cut")
             shift = w_prev + shift - w_here
-        prev = (w_content, w_bounds)
+        prev_words = words
         lo, hi = seg.lo, seg.hi
         if hi <= lo:
             continue
         count += hi - lo
         for name in ("ids", "special_tokens_mask", "attention_mask"):
-            starts, ends = element_bounds(arrays[name], "number")
-            parts[name].append(arrays[name][starts[lo] : ends[hi - 1]])
+            parts[name].append(_slice_numbers(arrays[name], lo, hi))
         starts, ends = element_bounds(arrays["tokens"], "string")
         parts["tokens"].append(arrays["tokens"][starts[lo] : ends[hi - 1]])
-        w_ends = element_bounds(w_content, "number")[1]
-        words = parse_numbers(w_content[w_bounds[lo] : w_ends[hi - 1]])
-        parts["words"].append(format_numbers(np.where(words >= 0, words + shift, -1)))
-        starts, ends = element_bounds(arrays["offsets"], "pair")
-        offsets = parse_numbers(arrays["offsets"][starts[lo] : ends[hi - 1]])
-        parts["offsets"].append(format_numbers(offsets + seg.start, pairs=True))
+        kept = words[lo:hi]
+        words_out.append(np.where(kept >= 0, kept + shift, -1) if shift else kept)
+        offsets = parse_numbers(arrays["offsets"])
+        offsets_out.append(offsets[2 * lo : 2 * hi] + seg.start)
     type_ids = b",".join([str(type_id).encode()] * count)
-    body = {name: b",".join(parts[name]) for name in parts}
-    return (
-        b'{"ids":['
-        + body["ids"]
-        + b'],"type_ids":['
-        + type_ids
-        + b'],"tokens":['
-        + body["tokens"]
-        + b'],"words":['
-        + body["words"]
-        + b'],"offsets":['
-        + body["offsets"]
-        + b'],"special_tokens_mask":['
-        + body["special_tokens_mask"]
-        + b'],"attention_mask":['
-        + body["attention_mask"]
-        + b'],"overflowing":[],"sequence_ranges":{}}'
+    body = {name: b",".join(chunks) for name, chunks in parts.items()}
+    words_bytes = format_numbers(np.concatenate(words_out)) if words_out else b""
+    offsets_bytes = format_numbers(np.concatenate(offsets_out), pairs=True) if offsets_out else b""
+    return b"".join(
+        [
+            b'{"ids":[',
+            body["ids"],
+            b'],"type_ids":[',
+            type_ids,
+            b'],"tokens":[',
+            body["tokens"],
+            b'],"words":[',
+            words_bytes,
+            b'],"offsets":[',
+            offsets_bytes,
+            b'],"special_tokens_mask":[',
+            body["special_tokens_mask"],
+            b'],"attention_mask":[',
+            body["attention_mask"],
+            b'],"overflowing":[],"sequence_ranges":{}}',
+        ]
     )
 
 
-def _number_at(content: bytes, starts: np.ndarray, i: int) -> int:
-    """Element ``i`` of a number array (``-1`` for ``null``)."""
-    end = content.find(b",", int(starts[i]))
-    return int(parse_numbers(content[int(starts[i]) : end if end >= 0 else len(content)])[0])
+def _slice_numbers(content: bytes, lo: int, hi: int) -> bytes:
+    """The bytes of elements ``[lo, hi)`` of a number array's ``content`` (its separators are its commas)."""
+    commas = np.flatnonzero(np.frombuffer(content, dtype=np.uint8) == _COMMA)
+    start = 0 if lo == 0 else int(commas[lo - 1]) + 1
+    end = int(commas[hi - 1]) if hi - 1 < len(commas) else len(content)
+    return content[start:end]
 
 
 def with_type_id(enc: Any, type_id: int) -> Any:

@@ -93,65 +93,92 @@ def element_bounds(content: bytes, kind: str) -> tuple[np.ndarray, np.ndarray]:
         return empty, empty
     buf = np.frombuffer(content, dtype=np.uint8)
     if kind == "string":
-        quotes = np.flatnonzero(buf == _QUOTE)
-        quotes = quotes[~_escaped(buf, quotes)]
-        if len(quotes) % 2:
-            raise StateFormatError("Encoding state: unbalanced quotes in a string array")
-        return quotes[0::2].astype(np.int64), quotes[1::2].astype(np.int64) + 1
+        quotes = string_quotes(buf)
+        return quotes[0::2], quotes[1::2] + 1
     commas = np.flatnonzero(buf == _COMMA)
     if kind == "pair":
         commas = commas[buf[commas - 1] == _CLOSE]
     elif kind != "number":
         raise ValueError(f"kind: expected 'number', 'pair' or 'string', got {kind!r}")
-    starts = np.concatenate([[0], commas + 1]).astype(np.int64)
-    ends = np.concatenate([commas, [len(buf)]]).astype(np.int64)
+    starts = np.empty(len(commas) + 1, dtype=np.int64)
+    starts[0] = 0
+    starts[1:] = commas + 1
+    ends = np.empty(len(commas) + 1, dtype=np.int64)
+    ends[:-1] = commas
+    ends[-1] = len(buf)
     return starts, ends
 
 
-def _escaped(buf: np.ndarray, quotes: np.ndarray) -> np.ndarray:
-    """Whether each quote position is preceded by an odd run of backslashes."""
-    idx = np.arange(len(buf))
-    last_other = np.maximum.accumulate(np.where(buf != _BACKSLASH, idx, -1))
-    before = quotes - 1
-    run = np.where(before >= 0, before - last_other[np.maximum(before, 0)], 0)
-    return (run % 2) == 1
+def string_quotes(buf: np.ndarray) -> np.ndarray:
+    """Positions of the unescaped quotes of a string array's bytes (two per string), as ``int64``.
+
+    A quote is escaped iff an odd run of backslashes precedes it. Only quotes right after a backslash can be, so
+    runs are measured for those alone, one vectorised step per backslash of the longest run.
+    """
+    quotes = np.flatnonzero(buf == _QUOTE)
+    after = quotes[quotes > 0]
+    cand = after[buf[after - 1] == _BACKSLASH]
+    if len(cand):
+        escaped = np.zeros(len(cand), dtype=bool)
+        run = 1  # backslashes seen before each candidate still in ``active``
+        active = np.arange(len(cand))
+        while len(active):
+            before = cand[active] - 1 - run
+            longer = (before >= 0) & (buf[np.maximum(before, 0)] == _BACKSLASH)
+            escaped[active[~longer]] = run % 2 == 1
+            active = active[longer]
+            run += 1
+        if escaped.any():
+            quotes = np.setdiff1d(quotes, cand[escaped], assume_unique=True)
+    if len(quotes) % 2:
+        raise StateFormatError("Encoding state: unbalanced quotes in a string array")
+    return quotes.astype(np.int64, copy=False)
 
 
 def parse_numbers(content: bytes) -> np.ndarray:
     """The unsigned integers of ``content`` in order, ``-1`` for each ``null`` (brackets and commas ignored).
+
+    Rule: brackets are deleted and ``null`` becomes ``-1`` (``bytes.translate`` / ``replace``, in C), then numpy's
+    C parser reads the comma-separated integers; the count is checked against the commas, so malformed content
+    raises :class:`StateFormatError` instead of being cut short.
 
     >>> parse_numbers(b"[0,15],[207,3],null,40").tolist()
     [0, 15, 207, 3, -1, 40]
     """
     if not content:
         return np.zeros(0, dtype=np.int64)
-    buf = np.frombuffer(content, dtype=np.uint8)
-    digit = (buf >= 48) & (buf <= 57)
-    prev = np.concatenate([[False], digit[:-1]])
-    nxt = np.concatenate([digit[1:], [False]])
-    starts = np.flatnonzero(digit & ~prev)
-    ends = np.flatnonzero(digit & ~nxt) + 1
-    nulls = np.flatnonzero(buf == _N)
-    if len(starts):
-        pos = np.flatnonzero(digit)
-        run_end = np.repeat(ends, ends - starts)
-        if int((ends - starts).max()) > 18:
-            raise StateFormatError("Encoding state: a number with more than 18 digits")
-        vals = (buf[pos].astype(np.int64) - 48) * _POW10[run_end - 1 - pos]
-        values = np.add.reduceat(vals, np.concatenate([[0], np.cumsum(ends - starts)[:-1]]))
-    else:
-        values = np.zeros(0, dtype=np.int64)
-    if not len(nulls):
-        return values
-    order = np.argsort(np.concatenate([starts, nulls]), kind="stable")
-    return np.concatenate([values, np.full(len(nulls), -1, dtype=np.int64)])[order]
+    flat = content.translate(None, b"[]")
+    if b"n" in flat:
+        flat = flat.replace(b"null", b"-1")
+    count = flat.count(b",") + 1
+    values = np.fromstring(flat, dtype=np.int64, sep=",")  # text mode (a separator) is not deprecated
+    if len(values) != count:
+        raise StateFormatError(f"Encoding state: expected {count} numbers, read {len(values)}")
+    if len(values) and int(values.max()) >= _POW10[18]:
+        raise StateFormatError("Encoding state: a number with more than 18 digits")
+    return values
+
+
+def _chunk_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Four-digit groups ``0..9999`` as 4-byte words: zero-padded (``0042``), space-padded (``  42``, ``   0``),
+    and space-padded with 0 as four spaces (a leading group that is all zeros)."""
+    zero = np.frombuffer(b"".join(b"%04d" % i for i in range(10_000)), dtype=np.uint32)
+    space = np.frombuffer(b"".join(b"%4d" % i for i in range(10_000)), dtype=np.uint32)
+    blank = space.copy()
+    blank[0] = np.frombuffer(b"    ", dtype=np.uint32)[0]
+    return zero, space, blank
+
+
+_ZERO4, _SPACE4, _BLANK4 = _chunk_tables()
 
 
 def format_numbers(values: np.ndarray, *, pairs: bool = False) -> bytes:
     """``values`` written as JSON array content, ``-1`` as ``null``; with ``pairs``, ``[v0,v1],[v2,v3]``.
 
     Every number takes the width of the widest, padded with leading spaces (JSON allows whitespace before a
-    value), so the digits of all numbers are one ``(n, width)`` array: ``(v // 10**(width-1-j)) % 10``.
+    value). Rule: a number is split into groups of four digits, ``g_j = (v // 10**(4j)) % 10000``; each group is
+    looked up in a table of 4-byte words, zero-padded when a higher group is non-zero, else space-padded (and all
+    spaces for a zero group that is not the last), so no per-digit arithmetic is done.
 
     >>> format_numbers(np.array([0, 9, 10, 12345, -1]))
     b'    0,    9,   10,12345, null'
@@ -165,14 +192,28 @@ def format_numbers(values: np.ndarray, *, pairs: bool = False) -> bytes:
     if pairs and n % 2:
         raise ValueError("values: pairs need an even count")
     null = v < 0
-    width = max(1, int(np.searchsorted(_POW10, v.max(), side="right")))
-    if null.any():
+    has_null = bool(null.any())
+    if has_null:
+        v = np.where(null, 0, v)
+    top = int(v.max())
+    if top >= _POW10[18]:
+        raise ValueError("values: a number with more than 18 digits")
+    width = max(1, int(np.searchsorted(_POW10, top, side="right")))
+    if has_null:
         width = max(width, 4)
-    places = _POW10[width - 1 :: -1] if width > 1 else _POW10[:1]
-    digits = ((v[:, None] // places) % 10 + 48).astype(np.uint8)
-    digits[v[:, None] < places] = 32  # leading zeros (and all of a zero but its last digit) become spaces
-    digits[:, -1] = np.where(v == 0, 48, digits[:, -1])
-    if null.any():
+    groups = (width + 3) // 4
+    words = np.empty((n, groups), dtype=np.uint32)
+    above = v // 10_000**groups if groups < 5 else np.zeros(n, dtype=np.int64)
+    for j in range(groups):  # most significant group first
+        scale = 10_000 ** (groups - 1 - j)
+        rest = v // scale if scale > 1 else v
+        group = rest % 10_000
+        spaced = _SPACE4 if j == groups - 1 else _BLANK4
+        words[:, j] = np.where(above > 0, _ZERO4[group], spaced[group])
+        above = rest
+    digits = words.view(np.uint8).reshape(n, 4 * groups)[:, 4 * groups - width :]
+    if has_null:
+        digits = digits.copy()
         digits[null] = np.frombuffer(b" " * (width - 4) + b"null", dtype=np.uint8)
     if not pairs:
         out = np.full((n, width + 1), _COMMA, dtype=np.uint8)
