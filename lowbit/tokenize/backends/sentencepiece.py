@@ -96,7 +96,7 @@ class SentencePieceBackend(Backend):
         proto.ParseFromString(self.sp.serialized_model_proto())
         norm = proto.normalizer_spec
         self._escape = norm.escape_whitespaces
-        self._collapse = norm.remove_extra_whitespaces
+        self._collapse = norm.remove_extra_whitespaces  # spaces collapsed: piece lengths no longer tile the text
         pairs: set[str] = set()
         for piece in proto.pieces:
             if piece.type != _BYTE:
@@ -177,7 +177,8 @@ class SentencePieceBackend(Backend):
             arr = np.asarray(ids, dtype=np.uint32)
             lens = self._lens[arr]
             extra = int(lens.sum(dtype=np.int64)) - len(p.text.encode("utf-8", "surrogatepass"))
-            if extra in (0, 1) and (len(arr) == 0 or lens[0] >= extra):
+            tiles = not self._collapse or not (p.text[:1] == " " or p.text[-1:] == " " or "  " in p.text)
+            if tiles and extra in (0, 1) and (len(arr) == 0 or lens[0] >= extra):
                 enc = byte_edges(arr, lens, p, extra)
             else:
                 enc = self._proto_edges(arr, p)
