@@ -58,3 +58,31 @@ def test_tiktoken_vocabularies_repair_surrogates_like_tiktoken(backend, get_pres
     with ParallelTokenizer(tok, workers=2, backend=backend) as pt:
         assert pt.encode(text) == tok.obj.encode_ordinary(text)
         assert pt.encode_to_numpy(text).tolist() == tok.obj.encode_ordinary(text)
+
+
+def test_one_call_threshold_and_closed(get_preset):
+    """Texts below ``min_parallel_chars`` take one call, longer ones LoPT (the precomputed threshold); a closed
+    tokenizer refuses every text, short ones included."""
+    tok = get_preset("bert")
+    text = ("Tokenize me, one call or many. " * 200)[:2000]
+    with ParallelTokenizer(tok, workers=2, backend="library", min_parallel_chars=2000) as pt:
+        for t, path in ((text[:1999], "sequential"), (text, "lopt")):
+            ref = reference(tok.obj, t)
+            assert pt.encode(t) == ref and pt.encode_to_numpy(t).tolist() == ref
+            assert pt.encode_with_stats(t)[1].path == path
+    for call in (pt.encode, pt.encode_to_numpy, pt.encode_with_stats):
+        with pytest.raises(ValueError, match="closed"):
+            call("short")
+
+
+@pytest.mark.skipif(not fastokens_available(), reason="fastokens extra not installed")
+def test_fastokens_with_every_special_allowed_keeps_the_special_ids(get_preset):
+    """fastokens stands in for tiktoken only with allowed_special None or "all", where nothing is refused: its
+    one-call path skips the refusal check and still gives tiktoken's ids for special strings."""
+    tok = get_preset("cl100k")
+    text = "before <|endoftext|> after <|fim_prefix|>" + TEXT
+    with ParallelTokenizer(tok, workers=2, allowed_special="all") as pt:
+        assert pt.backend.name == "cl100k+fastokens" and pt.strategy == "direct"
+        ref = tok.obj.encode(text, allowed_special="all")
+        assert pt.encode(text) == ref
+        assert pt.encode_to_numpy(text).tolist() == ref

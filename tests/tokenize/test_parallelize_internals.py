@@ -95,3 +95,25 @@ def test_pad_batch_equals_encode_batch(get_preset):
         pad_batch(mine, tok.padding)
         assert [encoding_fields(e) for e in mine] == [encoding_fields(e) for e in ref], padding
     tok.no_padding()
+
+
+def test_format_numbers_at_four_digit_group_edges():
+    values = [0, 9, 999, 9999, 10_000, 10_001, 99_990_000, 99_999_999, 10**8, 10**12 + 7, 10**16 + 5, -1]
+    content = format_numbers(np.array(values))
+    assert json.loads(b"[" + content + b"]") == [None if v < 0 else v for v in values]
+    assert parse_numbers(content).tolist() == values
+
+
+@pytest.mark.parametrize("content", [b"1,,2", b"1,x,3", b"1,2 3", b"12345678901234567890"])
+def test_parse_numbers_rejects_malformed_content(content):
+    from lowbit.tokenize.wrap.state_json import StateFormatError
+
+    with pytest.raises(StateFormatError):
+        parse_numbers(content)
+
+
+def test_string_bounds_with_runs_of_backslashes():
+    tokens = ["\\" * k + tail for k in range(9) for tail in ('"', "", '"x"', '\\"')] * 30  # > 64 candidate quotes
+    content = json.dumps(tokens, ensure_ascii=False, separators=(",", ":")).encode()[1:-1]
+    starts, ends = element_bounds(content, "string")
+    assert [json.loads(content[a:b]) for a, b in zip(starts, ends, strict=True)] == tokens

@@ -151,7 +151,10 @@ def parse_numbers(content: bytes) -> np.ndarray:
     if b"n" in flat:
         flat = flat.replace(b"null", b"-1")
     count = flat.count(b",") + 1
-    values = np.fromstring(flat, dtype=np.int64, sep=",")  # text mode (a separator) is not deprecated
+    try:
+        values = np.fromstring(flat, dtype=np.int64, sep=",")  # text mode (a separator) is not deprecated
+    except ValueError as exc:  # numpy >= 2.3 raises on unmatched data (older releases warn and stop short)
+        raise StateFormatError(f"Encoding state: not a number array ({exc})") from exc
     if len(values) != count:
         raise StateFormatError(f"Encoding state: expected {count} numbers, read {len(values)}")
     if len(values) and int(values.max()) >= _POW10[18]:
