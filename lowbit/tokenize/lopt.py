@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from lowbit.tokenize.backends import Backend, ChunkEncoding, Piece
+from lowbit.tokenize.backends.base import CutTest
 
 RunFn = Callable[[Sequence[Piece]], list[ChunkEncoding]]
 
@@ -136,14 +137,21 @@ def _window_units(backend: Backend, text: str, start: int, end: int) -> int:
 
 
 def match_boundary(
-    left: ChunkEncoding, right: ChunkEncoding, window_units: int, backend: Backend, min_match: int
+    left: ChunkEncoding,
+    right: ChunkEncoding,
+    window_units: int,
+    backend: Backend,
+    min_match: int,
+    cut_at: Callable[[int], bool] | None = None,
 ) -> tuple[int, int] | None:
     """The cut for one boundary: (tokens kept from the left piece, first token index in the right piece).
 
     Returns None when no run of ``min_match`` consecutive (start, end, id) matches with a clean anchor exists.
     A clean anchor starts at a different position than its predecessor (byte tokens of one character share a
-    start) and, where ``backend.cuts_at_word_starts``, starts a pre-token (word) in both chunks: a word is then
-    whole on each side of the cut, which is what makes the cut exact (docs/tokenize.md, "Why the merge is exact").
+    start) and, where ``backend.cuts_at_word_starts``, starts a pre-token (word) in both chunks; where ``cut_at``
+    is given (the backend's :meth:`~lowbit.tokenize.backends.Backend.cut_test` on the whole text), it must also
+    accept the anchor's start (in window units). What lies on each side of the cut is then tokenized whole on
+    that side, which is what makes the cut exact (docs/tokenize.md, "Why the merge is exact").
     """
     edge = backend.edge_units
     right_ids = right.ids[: len(right.head_start)]
@@ -182,6 +190,8 @@ def match_boundary(
             if left.tail_start[j] == left.tail_start[j - 1]:
                 continue
             if words and not (left.tail_word_start[j] and right.head_word_start[k]):  # type: ignore[index]
+                continue
+            if cut_at is not None and not cut_at(int(left.tail_start[j])):
                 continue
             return left.tail_index + j, k
     return None
@@ -259,6 +269,7 @@ def lossless_segments(
         merges += len(hopeless)
     rounds = 0
     total_pieces = 0
+    test = backend.cut_test()
     while True:
         todo = [i for i, e in enumerate(encs) if e is None]
         if todo:
@@ -273,7 +284,8 @@ def lossless_segments(
             assert left is not None and right is not None
             w = _window_units(backend, text, bounds[b + 1][0], bounds[b][1])
             roomy = roomy and w >= 2 * backend.edge_units + 16
-            cuts.append(match_boundary(left[0], right[0], w, backend, min_match))
+            at = _cut_at(text, bounds[b + 1][0], bounds[b][1], backend, test) if test is not None else None
+            cuts.append(match_boundary(left[0], right[0], w, backend, min_match, at))
         # Cuts must not cross inside a piece (windows of one piece may overlap after enlargement).
         for b in range(1, len(cuts)):
             prev, cur = cuts[b - 1], cuts[b]
@@ -346,6 +358,25 @@ def hopeless_boundaries(text: str, bounds: Sequence[Sequence[int]], backend: Bac
         if not backend.may_cut(text[max(bounds[b][0], lo - reach) : min(bounds[b + 1][1], hi + reach)]):
             out.append(b)
     return out
+
+
+def _cut_at(text: str, lo: int, hi: int, backend: Backend, test: CutTest) -> Callable[[int], bool]:
+    """``test`` at a position of the window ``text[lo:hi]`` given in the backend's units from ``lo``; a byte offset
+    inside a character is never a cut."""
+    if backend.unit == "char" or text[lo:hi].isascii():
+        return lambda units: 0 < lo + units < len(text) and test(text, lo + units)
+    raw = text[lo:hi].encode("utf-8", "surrogatepass")
+
+    def at(units: int) -> bool:
+        if units < 0 or units > len(raw):
+            return False
+        try:
+            k = lo + len(raw[:units].decode("utf-8", "surrogatepass"))
+        except UnicodeDecodeError:
+            return False
+        return 0 < k < len(text) and test(text, k)
+
+    return at
 
 
 def _span(bounds: list[list[int]], i: int) -> tuple[int, int, int, int]:

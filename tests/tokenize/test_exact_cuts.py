@@ -17,7 +17,7 @@ from lowbit.tokenize import LoadedTokenizer, ParallelTokenizer
 from lowbit.tokenize.backends import make_backend
 from lowbit.tokenize.backends.base import Piece
 from lowbit.tokenize.backends.tiktoken import PatternBreaks
-from lowbit.tokenize.lopt import LoptConfig, lossless_encode, make_plan
+from lowbit.tokenize.lopt import LoptConfig, lossless_encode, make_plan, match_boundary
 
 from .conftest import reference
 
@@ -149,12 +149,16 @@ def test_unreadable_pattern_makes_tiktoken_sequential():
     assert stats.path == "sequential" and "lookaround" in (stats.note or "")
 
 
-def test_flags_inside_one_pretoken_are_false(get_backend):
-    """Two chunks of one run of letters agree on their tokens, yet no token start is a word start."""
+def test_anchor_inside_one_pretoken_is_refused(get_backend):
+    """Two chunks of one run of letters agree on their tokens, yet no token start is a hard break: no cut."""
     backend = get_backend("cl100k")
     text = "abcdefgh" * 40
     left, right = backend.encode_chunks([Piece(text[:200], 0, 100), Piece(text[100:], 100, 0)], 1)
-    assert not left.tail_word_start.any() and not right.head_word_start.any()
+    assert match_boundary(left, right, 100, backend, 2) is not None  # the tokens agree
+    assert match_boundary(left, right, 100, backend, 2, lambda u: backend.is_cut(text, 100 + u)) is None
+    spaced = "abcdefg " * 40
+    left, right = backend.encode_chunks([Piece(spaced[:200], 0, 100), Piece(spaced[100:], 100, 0)], 1)
+    assert match_boundary(left, right, 100, backend, 2, lambda u: backend.is_cut(spaced, 100 + u)) is not None
 
 
 def test_sp_is_cut_reads_the_vocabulary(get_backend):

@@ -23,8 +23,8 @@ from lowbit.tokenize.backends.base import (
     Piece,
     Unit,
     byte_edges,
+    ids_array,
     window_has_cut,
-    with_word_starts,
 )
 from lowbit.tokenize.presets import LoadedTokenizer
 
@@ -45,7 +45,6 @@ class SentencePieceBackend(Backend):
     max_auto_chunk_chars = 65_536
     library: ClassVar[str] = "sentencepiece"
     kind: ClassVar[str] = "sentencepiece"
-    cuts_at_word_starts = True
     cut_rule = (
         "a cut must fall where no vocabulary piece can span: between two characters that are never adjacent "
         "inside one piece (e.g. before the '▁' of a space, around a split digit)"
@@ -127,6 +126,9 @@ class SentencePieceBackend(Backend):
         charsmap, whitespace as suffix; None for a BPE model with the identity normalizer."""
         return self._blocker
 
+    def cut_test(self) -> Any:
+        return self.is_cut
+
     def is_cut(self, text: str, k: int) -> bool:
         """A cut before ``text[k]`` is exact when no piece holds ``a`` immediately followed by ``b``, where ``a``,
         ``b`` are ``text[k-1]``, ``text[k]`` with a space written ``▁`` (``escape_whitespaces``); with
@@ -174,15 +176,16 @@ class SentencePieceBackend(Backend):
             out = self.sp.encode(texts, num_threads=max(1, threads))
         res = []
         for p, ids in zip(pieces, out, strict=True):
-            arr = np.asarray(ids, dtype=np.uint32)
+            arr = ids_array(ids)
             lens = self._lens[arr]
-            extra = int(lens.sum(dtype=np.int64)) - len(p.text.encode("utf-8", "surrogatepass"))
+            nbytes = len(p.text) if p.text.isascii() else len(p.text.encode("utf-8", "surrogatepass"))
+            extra = int(lens.sum(dtype=np.int64)) - nbytes
             tiles = not self._collapse or not (p.text[:1] == " " or p.text[-1:] == " " or "  " in p.text)
             if tiles and extra in (0, 1) and (len(arr) == 0 or lens[0] >= extra):
                 enc = byte_edges(arr, lens, p, extra)
             else:
                 enc = self._proto_edges(arr, p)
-            res.append(with_word_starts(enc, p, self.is_cut))
+            res.append(enc)
         return res
 
     def _proto_edges(self, arr: np.ndarray, piece: Piece) -> ChunkEncoding:

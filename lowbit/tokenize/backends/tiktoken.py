@@ -23,9 +23,9 @@ from lowbit.tokenize.backends.base import (
     Piece,
     Unit,
     byte_edges,
+    ids_array,
     surrogate_index,
     window_has_cut,
-    with_word_starts,
 )
 from lowbit.tokenize.presets import LoadedTokenizer
 
@@ -39,7 +39,6 @@ class TiktokenBackend(Backend):
 
     unit: Unit = "byte"
     native_threads = True
-    cuts_at_word_starts = True
     cut_rule = (
         "a cut must fall at a hard break of the pre-tokenizer pattern, a place no pre-token can span "
         "(e.g. a letter followed by a space); one pre-token spans every window"
@@ -119,18 +118,23 @@ class TiktokenBackend(Backend):
         """The pattern analysis's reason when it cannot prove any hard break (:attr:`PatternBreaks.blocker`)."""
         return self.breaks.blocker
 
+    def cut_test(self) -> Any:
+        return self.is_cut
+
     def is_cut(self, text: str, k: int) -> bool:
-        """Whether a cut before character ``k`` of ``text`` is exact: ``text[k-1], text[k]`` is a hard break of
-        the pattern and no allowed special-token string seen in ``text`` spans ``k`` (tiktoken splits at those
-        before the pattern runs)."""
+        """Whether a cut before character ``k`` of ``text`` (the whole text) is exact: ``text[k-1], text[k]`` is a
+        hard break of the pattern, and with ``allowed_special`` no allowed special-token string lies within the
+        longest one's length of ``k`` (tiktoken splits at those before the pattern runs; the margin keeps every
+        special near the cut out of both chunks' view, docs/tokenize.md)."""
         if not self.breaks.is_break(text[k - 1], text[k]):
             return False
         if self._special_re is None:
             return True
+        span = self._longest_special
         match = self._special_re.match
-        for a in range(max(0, k - self._longest_special + 1), k):
+        for a in range(max(0, k - 2 * span), min(len(text), k + span)):
             m = match(text, a)
-            if m is not None and m.end() > k:
+            if m is not None and m.end() > k - span:
                 return False
         return True
 
@@ -192,20 +196,14 @@ class TiktokenBackend(Backend):
 
     def encode_ids(self, text: str) -> np.ndarray:
         self.check_disallowed(text)
-        return np.asarray(self._encode_no_check([text], 1)[0], dtype=np.uint32)
+        return ids_array(self._encode_no_check([text], 1)[0])
 
     def encode_chunks(self, pieces: Sequence[Piece], threads: int) -> list[ChunkEncoding]:
         out = self._encode_no_check([p.text for p in pieces], max(1, threads))
         res = []
         for p, ids in zip(pieces, out, strict=True):
-            arr = np.asarray(ids, dtype=np.uint32)
-            enc = byte_edges(arr, self.lens[arr], p, 0)
-            windows = [w for w in (p.left_window, p.right_window) if w]
-            if self._special_re is not None and windows and min(windows) <= self._longest_special:
-                enc = with_word_starts(enc, p, lambda text, k: False)  # a window shorter than a special: no cut
-            else:
-                enc = with_word_starts(enc, p, self.is_cut)
-            res.append(enc)
+            arr = ids_array(ids)
+            res.append(byte_edges(arr, self.lens[arr], p, 0))
         return res
 
 
