@@ -181,7 +181,7 @@ class ParallelTokenizer:
         """
         if (
             type(text) is str
-            and len(text) < self._one_call_below
+            and (len(text) < self._one_call_below or self.backend.prefers_one_call(text) is not None)
             and not (add_special_tokens or self.verify or self._closed)
         ):
             # One call: the backend's own list-returning call (no numpy round trip, no scan of the text; a lone
