@@ -15,7 +15,7 @@ both alike; the table gives the medians over rounds, ``ratio = msd / quantize_dy
 on the stacked 2-row input (``gemm_2row``) and on one row (``gemm_1row``), ``quantized::linear_dynamic`` alone
 (``qd_op``), the decode function without the module wrapper (``decode_fn``); and records ``torch.profiler``'s
 self CPU time per op for both modules. ``--kernels`` times the GEMM alone per backend (fbgemm, onednn, int_mm on
-the stored weight) for 2-512 rows (the ``kernel="auto"`` crossover). ``--memory`` builds layers in subprocesses and
+the stored weight) for 2-2048 rows (the ``kernel="auto"`` crossover). ``--memory`` builds layers in subprocesses and
 records the resident-memory growth per layer for each ``kernel`` setting.
 
     flock /tmp/lowbit-bench.lock .venv/bin/python benchmarks/bench_msd_decode.py [--quick] [--profile] \
@@ -169,7 +169,7 @@ def profile_decode(msd: MSDLinear, qd: nn.Module, *, rounds: int) -> dict[str, A
 
 
 def bench_kernels(k: int, n: int, *, rounds: int) -> list[dict[str, Any]]:
-    """GEMM alone per backend for 2-512 activation rows (stacked components), the auto crossover."""
+    """GEMM alone per backend for 2-2048 activation rows (stacked components), the auto crossover."""
     gen = torch.Generator().manual_seed(3)
     q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=gen)
     s = torch.rand(n, generator=gen) * 0.01 + 1e-3
@@ -180,14 +180,14 @@ def bench_kernels(k: int, n: int, *, rounds: int) -> list[dict[str, Any]]:
             continue
         packs[kern] = (msd_kernels.pack_int8_weight(q, s, kern), prof)
     rows_out = []
-    for rows in (2, 4, 8, 16, 32, 64, 128, 256, 512):
+    for rows in (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048):
         a = torch.randint(-127, 128, (rows, k), dtype=torch.int8, generator=gen)
         fns = {}
         for kern, (packed, prof) in packs.items():
             enc = msd_kernels.encode_activations(a.to(torch.float32), prof)
             fns[kern] = lambda enc=enc, packed=packed, prof=prof: msd_kernels.gemm_with_profile(enc, packed, prof)
-        calls = 5 if rows <= 32 else 1
-        samp = interleaved(fns, rounds=max(5, rounds // 3), calls=calls, warmup=1)
+        calls = 10 if rows <= 32 else (3 if rows <= 256 else 1)
+        samp = interleaved(fns, rounds=max(7, rounds // 2), calls=calls, warmup=1)
         rows_out.append({"rows": rows, **{kern: _stats(v) for kern, v in samp.items()}})
         print(
             f"  rows {rows:4d}: "
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="4096 x 4096 only, fewer rounds")
     parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts (default 1,2)")
     parser.add_argument("--profile", action="store_true", help="split an M = 1 call into parts; torch.profiler")
-    parser.add_argument("--kernels", action="store_true", help="GEMM alone per backend, 2-512 rows")
+    parser.add_argument("--kernels", action="store_true", help="GEMM alone per backend, 2-2048 rows")
     parser.add_argument("--memory", action="store_true", help="resident memory per layer per kernel setting")
     parser.add_argument("--name", default=None, help="results file name (default msd_decode[_quick])")
     args = parser.parse_args(argv)

@@ -118,10 +118,11 @@ def available_int8_kernels() -> tuple[str, ...]:
 
 
 # [measured, benchmarks/bench_msd_decode.py --kernels, docs/msd-inference.md "Decode"] fbgemm is the fastest INT8
-# GEMM for few rows (2 rows at K = N = 4096: about half of onednn's time, a quarter of int_mm's); int_mm on the
-# stored weight catches up at a few hundred rows. kernel="auto" prepacks only its first backend and runs int_mm
-# (which needs no prepacked copy) above AUTO_SMALL_ROWS rows.
-AUTO_SMALL_ROWS = 256
+# GEMM for decode (2-4 rows at K = N = 4096, 1 thread: ~1.1-1.6x faster than onednn, ~1.5x than int_mm); from ~16
+# rows on int_mm on the stored weight is faster than fbgemm (and onednn's AMX path faster still: ~1.3-1.7x int_mm
+# at >= 128 rows, but it needs a second prepacked copy). kernel="auto" prepacks only its first backend and runs
+# int_mm (no weight copy) above AUTO_SMALL_ROWS rows; kernel="onednn" is the one-copy choice for prefill speed.
+AUTO_SMALL_ROWS = 16
 AUTO_PREPACKED = ("fbgemm", "onednn")  # kernel="auto": the first exact one is prepacked and runs small GEMMs
 AUTO_LARGE = "int_mm"  # kernel="auto": runs GEMMs above AUTO_SMALL_ROWS rows on the stored weight, when exact
 

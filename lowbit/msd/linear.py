@@ -33,11 +33,20 @@ from lowbit.msd.isa import Int8Profile
 from lowbit.msd.kernels_mx import MX_BLOCK
 from lowbit.msd.schemes import BufferShapes, Scheme, scheme_for
 
-__all__ = ["DEFAULT_STACK_MAX_ROWS", "MX_BLOCK", "MSDLinear", "quantize_weight", "quantized_shapes"]
+__all__ = [
+    "DEFAULT_STACK_MAX_ROWS",
+    "MX_BLOCK",
+    "QUANTIZE_CHUNK_ELEMENTS",
+    "MSDLinear",
+    "quantize_weight",
+    "quantized_shapes",
+]
 
 # [measured, docs/msd-inference.md] below this many stacked rows (p·M) one GEMM over the stacked components beats
 # p GEMMs (the weight is streamed once); above it the two variants tie within noise. MSDLinear.tune measures it.
 DEFAULT_STACK_MAX_ROWS = 1024
+# quantize_weight quantizes weights in row blocks of at most this many elements (peak temporaries ~24 bytes each)
+QUANTIZE_CHUNK_ELEMENTS = 1 << 24
 
 
 class MSDLinear(nn.Module):
@@ -232,22 +241,39 @@ class MSDLinear(nn.Module):
 def quantize_weight(weight: torch.Tensor, config: MSDConfig) -> dict[str, torch.Tensor]:
     """The buffers of an :class:`MSDLinear` for a float weight ``[N, K]`` (used by ``from_linear`` and the
     streaming ``lowbit quantize``): INT8 ``{"qweight", "weight_scale"}``, MXFP4 ``{"weight_codes",
-    "weight_scale_exponents"}``. Rows are quantized independently, so any row chunking gives identical bytes.
+    "weight_scale_exponents"}``. Rows are quantized independently, so any row chunking gives identical bytes; this
+    function quantizes blocks of at most :data:`QUANTIZE_CHUNK_ELEMENTS` elements (the quantizers work in float64:
+    a whole ``128256 x 2048`` ``lm_head`` at once peaked at +6.3 GB over its float32 weight, ~24 bytes a weight).
 
     Raises:
         ValueError: NaN/Inf in the weight, values beyond float32's range, or a group size that does not divide K.
     """
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D [N, K], got shape {tuple(weight.shape)}")
+    n, k = weight.shape
+    scheme = scheme_for(config)
+    rows = max(1, QUANTIZE_CHUNK_ELEMENTS // max(1, k))
+    if n <= rows:
+        _check_weight_values(weight)
+        return scheme.quantize(weight, config)
+    out = {name: torch.empty(shape, dtype=dtype) for name, (shape, dtype) in scheme.shapes(n, k, config).items()}
+    for start in range(0, n, rows):
+        block = weight[start : start + rows]
+        _check_weight_values(block)
+        for name, t in scheme.quantize(block, config).items():
+            out[name][start : start + rows].copy_(t)
+    return out
+
+
+def _check_weight_values(weight: torch.Tensor) -> None:
     if not bool(torch.isfinite(weight).all()):
         raise ValueError("weight contains NaN or Inf; it cannot be quantized")
-    top = float(weight.abs().max()) if weight.numel() else 0.0
+    top = float(torch.linalg.vector_norm(weight, ord=float("inf"))) if weight.numel() else 0.0
     if top > torch.finfo(torch.float32).max:
         raise ValueError(
             f"weight values reach {top:.3g}, beyond float32's range: the float32 scales (INT8 max|W|/127, MXFP4 "
             "E8M0 exponents) cannot represent them"
         )
-    return scheme_for(config).quantize(weight, config)
 
 
 def quantized_shapes(n: int, k: int, config: MSDConfig) -> BufferShapes:

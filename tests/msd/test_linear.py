@@ -266,3 +266,27 @@ def test_int8_weight_beyond_float32_is_a_clear_error() -> None:
     for weight in ("int8", "mxfp4"):
         with pytest.raises(ValueError, match="beyond float32's range"):
             MSDLinear.from_linear(w, MSDConfig(weight=weight))
+
+
+def test_quantize_weight_in_row_blocks_gives_the_same_bytes(monkeypatch) -> None:
+    """quantize_weight works in row blocks (bounded float64 temporaries); rows are independent, so every buffer is
+    byte-identical to quantizing the whole weight at once, for every weight format."""
+    import lowbit.msd.linear as linear_mod
+
+    torch.manual_seed(3)
+    w = torch.randn(37, 64) * torch.logspace(-3, 2, 37).unsqueeze(1)
+    for cfg in (MSDConfig(), MSDConfig(group_size=16), MSDConfig(weight="mxfp4")):
+        whole = linear_mod.quantize_weight(w, cfg)
+        monkeypatch.setattr(linear_mod, "QUANTIZE_CHUNK_ELEMENTS", 64 * 5)  # 5 rows per block, a short last one
+        blocks = linear_mod.quantize_weight(w, cfg)
+        monkeypatch.undo()
+        assert whole.keys() == blocks.keys()
+        for name in whole:
+            assert whole[name].dtype == blocks[name].dtype and torch.equal(whole[name], blocks[name]), (cfg, name)
+    monkeypatch.setattr(linear_mod, "QUANTIZE_CHUNK_ELEMENTS", 64 * 5)
+    bad = w.clone()
+    bad[33, 7] = float("nan")  # in the last block
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        linear_mod.quantize_weight(bad, MSDConfig())
+    with pytest.raises(ValueError, match="does not divide"):
+        linear_mod.quantize_weight(w[:, :60], MSDConfig(group_size=16))
