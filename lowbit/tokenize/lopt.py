@@ -110,7 +110,7 @@ class MergeStats:
 def make_plan(n: int, workers: int, backend: Backend, config: LoptConfig) -> Plan:
     """Automatic chunking (lopt.md §6): ``Lc ≈ n / (4·workers)`` within [16K, ``backend.max_auto_chunk_chars``]
     chars (1M; 64K for SentencePiece, whose cost is superlinear in the chunk length); overlap at least
-    ``backend.min_overlap_chars`` (64; 128 for SentencePiece) and twice the longest added token plus the excluded
+    ``backend.min_overlap_chars`` (128) and twice the longest added token plus the excluded
     edges; 3 retry rounds. ``config`` values, when given, win."""
     special = backend.longest_special_chars()
     auto_overlap = max(backend.min_overlap_chars, 2 * special + 48)
@@ -243,11 +243,17 @@ class Segment:
 
 
 def lossless_segments(
-    text: str, backend: Backend, run: PayloadRunFn, plan: Plan, min_match: int = 2
+    text: str,
+    backend: Backend,
+    run: PayloadRunFn,
+    plan: Plan,
+    min_match: int = 2,
+    hopeless: list[int] | None = None,
 ) -> tuple[list[Segment], MergeStats]:
     """The LoPT merge (module docstring): encode ``text`` in overlapping pieces with ``run`` and return the kept
     segment of every final piece with the merge statistics. :func:`lossless_encode` concatenates the segments' ids;
-    wrappers that need offsets or words per id slice the payloads the same way.
+    wrappers that need offsets or words per id slice the payloads the same way. ``hopeless``: the boundaries of
+    ``split_points`` to merge before encoding, when the caller has computed :func:`hopeless_boundaries` already.
 
     >>> from lowbit.tokenize import load_tokenizer
     >>> from lowbit.tokenize.backends import make_backend
@@ -263,7 +269,8 @@ def lossless_segments(
     bounds = [list(b) for b in split_points(n, plan.chunk_chars, plan.overlap_chars)]
     encs: list[tuple[ChunkEncoding, Any] | None] = [None] * len(bounds)
     retries = merges = fallback = 0
-    hopeless = hopeless_boundaries(text, bounds, backend, plan)
+    if hopeless is None:
+        hopeless = hopeless_boundaries(text, bounds, backend, plan)
     if hopeless:
         fallback += _merge(bounds, encs, hopeless)
         merges += len(hopeless)
@@ -336,8 +343,25 @@ def lossless_encode(
     text: str, backend: Backend, run: RunFn, plan: Plan, min_match: int = 2
 ) -> tuple[np.ndarray, MergeStats]:
     """Encode ``text`` in overlapping pieces with ``run`` and merge them losslessly: the ids of
-    :func:`lossless_segments` (see the module docstring)."""
-    segments, stats = lossless_segments(text, backend, lambda p: [(c, None) for c in run(p)], plan, min_match)
+    :func:`lossless_segments` (see the module docstring).
+
+    One call of the backend's own :meth:`~lowbit.tokenize.backends.Backend.encode_ids` instead, with
+    ``MergeStats.note`` saying why, when the backend finds its call cheaper for this text
+    (:meth:`~lowbit.tokenize.backends.Backend.prefers_one_call`) or when no boundary has a place to cut in any
+    window its retries reach (no piece encoding, no merge: the ids are the library's own)."""
+    n = len(text)
+    note = backend.prefers_one_call(text)
+    hopeless = None
+    if note is None:
+        bounds = split_points(n, plan.chunk_chars, plan.overlap_chars)
+        hopeless = hopeless_boundaries(text, bounds, backend, plan)
+        if len(bounds) > 1 and len(hopeless) == len(bounds) - 1:
+            note = f"no boundary had a provably exact cut ({backend.cut_rule}), so the text was one sequential call"
+            ids = backend.encode_ids(text)
+            return ids, MergeStats(1, 0, 0, len(hopeless), n, len(hopeless), note)
+    if note is not None:
+        return backend.encode_ids(text), MergeStats(1, 0, 0, 0, n, 0, note)
+    segments, stats = lossless_segments(text, backend, lambda p: [(c, None) for c in run(p)], plan, min_match, hopeless)
     parts = [s.encoding.ids[s.lo : s.hi] for s in segments]
     return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)), stats
 

@@ -148,7 +148,7 @@ class TiktokenBackend(Backend):
         """
         if self.breaks.blocker is not None:
             return False
-        return window_has_cut(window, self.edge_units, self.is_cut)
+        return window_has_cut(window, self.edge_units, self.is_cut, self.breaks.is_break)
 
     def check_text(self, text: str) -> str:
         """Lone surrogates become U+FFFD, as tiktoken itself does (via a UTF-16 round trip), once for the text."""
