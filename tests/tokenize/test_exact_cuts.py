@@ -217,3 +217,16 @@ def test_default_plan_prose_equals_the_library(name, get_preset):
     assert ids.tolist() == reference(tok.obj, text)
     assert stats.path == "lopt" and stats.merge is not None and stats.merge.merges == 0
     assert np.all(ids < 2**32)
+
+
+@pytest.mark.parametrize("kind", ["digits", "cjk"])
+def test_sp_token_dense_text_is_one_call(kind, get_preset):
+    """SentencePiece on digits or CJK (about one token per character): the library's own call, said in stats."""
+    tok = get_preset("mistral-v1")
+    rng = random.Random(2)
+    text = "".join(rng.choice(RUNS["digits" if kind == "digits" else "cjk"]) for _ in range(70_000))
+    with ParallelTokenizer(tok, workers=2, min_parallel_chars=0) as pt:
+        assert pt.backend.prefers_one_call(text) is not None
+        ids, stats = pt.encode_with_stats(text)
+        assert pt.encode(text) == ids.tolist() == reference(tok.obj, text)
+    assert stats.path == "sequential" and "tokens per character" in (stats.note or "")
