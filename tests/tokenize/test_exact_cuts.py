@@ -135,6 +135,12 @@ def test_pattern_breaks_refuses_what_it_cannot_read(pattern, why):
     assert not b.is_break("a", " ")
 
 
+def test_pattern_breaks_case_insensitive_classes():
+    """``(?i)\\p{Lu}+`` also consumes lower-case letters, so ``aB`` and ``ab`` are no hard breaks there."""
+    b = PatternBreaks(r"(?i:\p{Lu}+)|\s+|[^\s\p{L}]+")
+    assert not b.is_break("a", "b") and not b.is_break("A", "b") and b.is_break("a", " ")
+
+
 def test_unreadable_pattern_makes_tiktoken_sequential():
     import tiktoken
 

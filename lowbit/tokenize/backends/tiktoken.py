@@ -380,6 +380,8 @@ class PatternBreaks:
             if cat == "Cn":
                 return None  # unassigned in Python's tables: another Unicode version may assign it
             r = cat == name or cat[0] == name
+            if icase and not r and (ch.lower() != ch or ch.upper() != ch):
+                return None  # (?i)\p{Lu} also matches the other case of a member
             return (not r) if negate else r
         if ord(ch) == code:
             return True
