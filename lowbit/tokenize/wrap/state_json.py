@@ -162,17 +162,18 @@ def parse_numbers(content: bytes) -> np.ndarray:
     return values
 
 
-def _chunk_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Four-digit groups ``0..9999`` as 4-byte words: zero-padded (``0042``), space-padded (``  42``, ``   0``),
-    and space-padded with 0 as four spaces (a leading group that is all zeros)."""
+def _group_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Four-digit groups as 4-byte words, indexed by ``group + 10000 * (a higher group is non-zero)``: the first
+    10000 entries space-padded (``  42``), the next 10000 zero-padded (``0042``). Two tables: for the last group a
+    zero is ``   0``; for a group before it, four spaces."""
     zero = np.frombuffer(b"".join(b"%04d" % i for i in range(10_000)), dtype=np.uint32)
     space = np.frombuffer(b"".join(b"%4d" % i for i in range(10_000)), dtype=np.uint32)
     blank = space.copy()
     blank[0] = np.frombuffer(b"    ", dtype=np.uint32)[0]
-    return zero, space, blank
+    return np.concatenate([space, zero]), np.concatenate([blank, zero])
 
 
-_ZERO4, _SPACE4, _BLANK4 = _chunk_tables()
+_LAST4, _LEAD4 = _group_tables()
 
 
 def format_numbers(values: np.ndarray, *, pairs: bool = False) -> bytes:
@@ -205,29 +206,34 @@ def format_numbers(values: np.ndarray, *, pairs: bool = False) -> bytes:
     if has_null:
         width = max(width, 4)
     groups = (width + 3) // 4
+    small = top < 2**32  # uint32 division by a scalar is several times faster than int64's
+    w = v.astype(np.uint32) if small else v
+    dt = np.uint32 if small else np.int64
     words = np.empty((n, groups), dtype=np.uint32)
-    above = v // 10_000**groups if groups < 5 else np.zeros(n, dtype=np.int64)
+    above = None  # the value of the groups before this one (None: there are none)
     for j in range(groups):  # most significant group first
         scale = 10_000 ** (groups - 1 - j)
-        rest = v // scale if scale > 1 else v
-        group = rest % 10_000
-        spaced = _SPACE4 if j == groups - 1 else _BLANK4
-        words[:, j] = np.where(above > 0, _ZERO4[group], spaced[group])
+        rest = w // dt(scale) if scale > 1 else w
+        index = rest % dt(10_000) if j else rest
+        if above is not None:
+            index = index + (above > 0).astype(dt) * dt(10_000)
+        words[:, j] = (_LAST4 if j == groups - 1 else _LEAD4)[index]
         above = rest
-    digits = words.view(np.uint8).reshape(n, 4 * groups)[:, 4 * groups - width :]
+    raw = words.view(np.uint8)  # (n, 4 * groups): the last ``width`` columns hold the number
+    lead = 4 * groups - width
     if has_null:
-        digits = digits.copy()
-        digits[null] = np.frombuffer(b" " * (width - 4) + b"null", dtype=np.uint8)
+        raw = raw.copy()
+        raw[null, lead:] = np.frombuffer(b" " * (width - 4) + b"null", dtype=np.uint8)
     if not pairs:
-        out = np.full((n, width + 1), _COMMA, dtype=np.uint8)
-        out[:, :width] = digits
-        return out.tobytes()[:-1]
-    d = digits.reshape(n // 2, 2 * width)
+        out = np.empty((n, width + 1), dtype=np.uint8)
+        out[:, :width] = raw[:, lead:]
+        out[:, width] = _COMMA
+        return out.reshape(-1)[:-1].tobytes()
     out = np.empty((n // 2, 2 * width + 4), dtype=np.uint8)
     out[:, 0] = ord("[")
-    out[:, 1 : 1 + width] = d[:, :width]
+    out[:, 1 : 1 + width] = raw[0::2, lead:]
     out[:, 1 + width] = _COMMA
-    out[:, 2 + width : 2 + 2 * width] = d[:, width:]
+    out[:, 2 + width : 2 + 2 * width] = raw[1::2, lead:]
     out[:, 2 + 2 * width] = _CLOSE
     out[:, 3 + 2 * width] = _COMMA
-    return out.tobytes()[:-1]
+    return out.reshape(-1)[:-1].tobytes()
