@@ -40,8 +40,8 @@ class MSDConfig:
         kernel: INT8 GEMM backend: ``"fbgemm"`` (prepacked
             ``quantized::linear_with_input_q_dq_qweight_dq_output_fp32``),
             ``"onednn"`` (prepacked ``onednn::qlinear_pointwise``), ``"int_mm"`` (``torch._int_mm``, no prepack),
-            or ``"auto"``: both fbgemm and onednn prepacked, fbgemm for ``p·M <= 4`` rows (decode) and onednn above
-            (the fastest of each range on the measured AVX-512 VNNI CPU, ``docs/msd-inference.md``). An unavailable
+            or ``"auto"``: fbgemm prepacked (the only copy) for ``p·M <= 16`` rows (decode) and ``int_mm`` on the
+            stored weight above, where it is exact (``docs/msd-inference.md``, "Kernel choice"). An unavailable
             backend raises; there is no silent fallback. ``MSDLinear.kernel_for(m)`` says which one runs.
         stacking: ``"stacked"`` (one GEMM over the ``p`` components stacked along M, the weight read once),
             ``"split"`` (``p`` GEMMs) or ``"auto"`` (measured once per layer and per M bucket, see
