@@ -34,7 +34,8 @@ Setups (every ``nn.Linear`` including ``lm_head`` quantized where a setup quanti
 Each setup runs in its own subprocess (``--worker``), which builds the float model, converts it in place, frees
 the float weights (``gc`` + glibc ``malloc_trim``) and only then resets the peak-RSS counter
 (``/proc/self/clear_refs``), so ``run_peak`` is that setup's own footprint while it prefills, decodes and
-generates (``VmHWM``), ``loaded`` its resident size once built, both also given above the process's RSS after
+generates (``VmHWM``; also per phase, ``prefill_peak``, ``decode_peak``, ``accuracy_peak``, the counter reset
+between phases), ``loaded`` its resident size once built, both also given above the process's RSS after
 the imports (``imports``). ``build_peak`` (``VmHWM`` before the reset: the float model and the converted copy
 side by side) and ``ru_maxrss`` are recorded too. The float reference outputs go between processes as files.
 
@@ -298,6 +299,8 @@ def worker(name: str, spec: dict[str, Any], out_dir: Path) -> None:
             row[f"prefill{p}_s"] = t.median
             row[f"prefill{p}_spread"] = t.spread
             row[f"prefill{p}_tok_s"] = p / t.median
+        phase_peak = {"prefill": _peak_rss()}
+        _reset_peak()
         for c in spec["contexts"]:
             steps = spec["decode_steps_long"] if c == max(spec["contexts"]) else spec["decode_steps"]
             cache = new_cache()
@@ -317,16 +320,20 @@ def worker(name: str, spec: dict[str, Any], out_dir: Path) -> None:
                 row["kv_bytes"] = kv_bytes(cache)
                 row["kv_tokens"] = c + steps + 1
             del cache
+        phase_peak["decode"] = _peak_rss()
+        _reset_peak()
         prompt = ids[:, : spec["big_prompt"]]
         big_logits = model(prompt, past_key_values=new_cache()).logits[0, -1].float()
         big_tokens = _greedy(model, prompt, new_cache, spec["big_new"])
-    run_peak = _peak_rss()
+    phase_peak["accuracy"] = _peak_rss()
+    run_peak = max(phase_peak.values())
     row["memory_mib"] = {
         "imports": rss_imports / MIB,
         "loaded": rss_loaded / MIB,
         "run_peak": run_peak / MIB,
         "loaded_above_imports": (rss_loaded - rss_imports) / MIB,
         "run_peak_above_imports": (run_peak - rss_imports) / MIB,
+        **{f"{k}_peak_above_imports": (v - rss_imports) / MIB for k, v in phase_peak.items()},
         "build_peak": row.pop("build_peak_mib"),
         "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -439,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vocab", type=int, default=None, help="vocabulary size (default 128256 as Llama-3.2-1B)")
     ap.add_argument("--setups", default=",".join(SETUPS), help=f"comma-separated subset of {','.join(SETUPS)}")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed prefills per length (default 3; quick 1)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed prefills per length (default 2; quick 1)")
     ap.add_argument("--decode-steps", type=int, default=None, help="timed decode steps (default 32; quick 8)")
     ap.add_argument("--decode-steps-long", type=int, default=None, help="at the largest context (default 16; quick 8)")
     ap.add_argument("--acc-samples", type=int, default=None, help="held-out windows (default 16; quick 4)")
@@ -464,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         "contexts": [1024, 4096] if q else [1024, 4096, 16384],
         "decode_steps": args.decode_steps or (8 if q else 32),
         "decode_steps_long": args.decode_steps_long or (8 if q else 16),
-        "repeats": args.repeats or (1 if q else 3),
+        "repeats": args.repeats or (1 if q else 2),
         "big_prompt": 64 if q else 256,
         "big_new": 8 if q else 16,
         "acc_samples": args.acc_samples or (4 if q else 16),
