@@ -37,7 +37,8 @@ the float weights (``gc`` + glibc ``malloc_trim``) and only then resets the peak
 generates (``VmHWM``; also per phase, ``prefill_peak``, ``decode_peak``, ``accuracy_peak``, the counter reset
 between phases), ``loaded`` its resident size once built, both also given above the process's RSS after
 the imports (``imports``). ``build_peak`` (``VmHWM`` before the reset: the float model and the converted copy
-side by side) and ``ru_maxrss`` are recorded too. The float reference outputs go between processes as files.
+side by side) is recorded too (``getrusage``'s ``ru_maxrss`` is not: ``clear_refs`` resets the counter it
+reads). The float reference outputs go between processes as files.
 
 Measured on the big model: prefill seconds and tokens/s at each prefill length (a fresh cache, median of
 ``--repeats`` after one warm-up); decode ms per token at each context: the cache filled with ``C`` tokens of
@@ -335,7 +336,6 @@ def worker(name: str, spec: dict[str, Any], out_dir: Path) -> None:
         "run_peak_above_imports": (run_peak - rss_imports) / MIB,
         **{f"{k}_peak_above_imports": (v - rss_imports) / MIB for k, v in phase_peak.items()},
         "build_peak": row.pop("build_peak_mib"),
-        "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     model = new_cache = None  # the big model goes before the trained one is measured
     _release_freed()
