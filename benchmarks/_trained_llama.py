@@ -5,8 +5,9 @@ Nothing is downloaded: the text is this Python's own standard library (the top-l
 training text), the tokenizer is a byte-level BPE trained on the training text with ``tokenizers``, and the model
 is a ``LlamaForCausalLM`` from a config (hidden 256, 4 layers, 4/2 heads of 64, intermediate 768, vocabulary
 2048, untied ``lm_head``; 4.2 M parameters) trained with AdamW (bf16 autocast, float32 weights) on random
-128-token windows of the training text, fixed seed, ``steps`` steps of 16 windows (160: 330 K tokens, ~6 min on 2 loaded cores). The result
-(about 17 MB) is cached under ``$LOWBIT_CACHE`` (default ``~/.cache/lowbit``)/``bench_generate/<key>``, where the key hashes the
+128-token windows of the training text, fixed seed, ``steps`` steps of 16 windows (160: 330 K tokens, 6-14 min
+on the 2 loaded cores of the development machine). The result (about 17 MB) is cached under ``$LOWBIT_CACHE``
+(default ``~/.cache/lowbit``)/``bench_generate/<key>``, where the key hashes the
 recipe and the corpus (file names and sizes), so a changed recipe or Python retrains.
 
 The held-out evaluation loss (mean next-token cross-entropy in nats over fixed windows of the held-out files) is
