@@ -167,7 +167,8 @@ class SentencePieceBackend(Backend):
             return None
         n = len(text)
         m = min(256, max(64, n // 1024))
-        sample = "".join(text[i * (n - m) // 15 :][:m] for i in range(16))  # one call: no batch threads to start
+        starts = [i * (n - m) // 15 for i in range(16)]
+        sample = "".join([text[s : s + m] for s in starts])  # one call: no batch threads to start
         density = (len(self.sp.encode(sample)) - 1) / len(sample)  # less the dummy prefix
         if density < self.DENSE_TOKENS_PER_CHAR:
             return None
