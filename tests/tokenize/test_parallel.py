@@ -80,6 +80,21 @@ def test_auto_backend_picks_fastokens_and_stays_exact(get_preset, text):
             assert pt.encode(text) == reference(tok.obj, text)
         with ParallelTokenizer(tok, workers=2, strategy="threads", **SMALL) as pt:
             ids, stats = pt.encode_with_stats(text)
+            assert stats.backend == f"{name}+fastokens"
+            if tok.kind == "hf":
+                # fastokens has no word ids, so the HF cut rule cannot be checked: one call, said in the stats
+                assert stats.path == "sequential" and "backend='library'" in (stats.note or "")
+            else:  # a tiktoken vocabulary: tiktoken's proven cut rule
+                assert stats.path == "lopt"
+            assert ids.tolist() == reference(tok.obj, text)
+        with ParallelTokenizer(tok, workers=2, strategy="threads", backend="library", **SMALL) as pt:
+            ids, stats = pt.encode_with_stats(text)
+            assert stats.path == "lopt"
+            assert ids.tolist() == reference(tok.obj, text)
+    for name in ("cl100k", "o200k"):  # tiktoken vocabularies: fastokens takes tiktoken's proven cut rule
+        tok = get_preset(name)
+        with ParallelTokenizer(tok, workers=2, strategy="threads", **SMALL) as pt:
+            ids, stats = pt.encode_with_stats(text)
             assert stats.path == "lopt" and stats.backend == f"{name}+fastokens"
             assert ids.tolist() == reference(tok.obj, text)
     with ParallelTokenizer(get_preset("bert"), workers=2, **SMALL) as pt:

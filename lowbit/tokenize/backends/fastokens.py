@@ -103,6 +103,25 @@ class FastokensBackend(Backend):
     def longest_special_chars(self) -> int:
         return self.ref.longest_special_chars()
 
+    def exact_cut_blocker(self) -> str | None:
+        """The cut rule is the library's: tiktoken's hard breaks of the pattern (fastokens is tested identical to
+        tiktoken on the same pattern). An HF vocabulary's rule needs the pre-tokenizer's words (``token_to_word``),
+        which fastokens' ids do not carry, so no cut is proven there: one call, and ``EncodeStats`` says so."""
+        if isinstance(self.ref, HFBackend):
+            return (
+                "fastokens returns ids only, not the pre-tokenizer's words an HF cut must fall on; "
+                "use backend='library' for the parallel merge"
+            )
+        return self.ref.exact_cut_blocker()
+
+    def cut_test(self) -> Any:
+        return self.ref.cut_test()
+
+    def may_cut(self, window: str) -> bool:
+        if isinstance(self.ref, HFBackend):
+            return False
+        return self.ref.may_cut(window)
+
     def check_text(self, text: str) -> str:
         return self.ref.check_text(text)
 
