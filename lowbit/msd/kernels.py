@@ -11,9 +11,12 @@ fast path that :class:`lowbit.msd.MSDLinear` runs, tested against it (``tests/ms
     x ≈ (Σ_i q_i / 254^(i-1)) / inv            (the reference's s_1 = M/127, s_{i+1} = s_i/254)
 
 The components are written straight into one ``[p, M, K]`` float32 buffer (so "stacked along M" costs no copy);
-the last one is left unrounded when the GEMM backend rounds its float input itself (fbgemm rounds half to even,
-checked in the tests). Extra error against the float64 reference decomposition: ``t_1`` carries one float32
-rounding, ``<= 127·2^-24`` in units of ``s_1``, i.e. below 0.4 % of the ``s_p/2`` bound.
+every component, the last included, is rounded here (``torch.round``) before any backend sees it. fbgemm could
+round its float input itself, but its vectorised quantizer (taken at 64 rows and more) adds the zero point 128
+in float32 first: 79.49999237 + 128 rounds to 207.5 and then to 208, one more than ``RNE(79.49999237) = 79``,
+so an unrounded last component gave batch-size-dependent results. Extra error against the float64 reference
+decomposition: ``t_1`` carries one float32 rounding, ``<= 127·2^-24`` in units of ``s_1``, i.e. below 0.4 % of
+the ``s_p/2`` bound.
 
 **INT8 GEMM backends** (exact INT8×INT8→INT32 accumulation on every CPU; :mod:`lowbit.msd.isa` decides per
 instruction set how each is fed, and checks it once per process on adversarial tiles):
@@ -343,7 +346,7 @@ def _fbgemm_linear_fp32() -> Any:
 
 def gemm_with_profile(a: torch.Tensor, w: Int8Packed, profile: Int8Profile) -> torch.Tensor:
     """``float32(a · qᵀ)·scale`` for encoded activations ``a [R, K]`` (:func:`encode_activations`): integer-valued
-    float32 (fbgemm, rounded half to even by the kernel when not integral), uint8 ``q + zero_point`` or int8.
+    float32 (fbgemm; integer-valued, see the module docstring), uint8 ``q + zero_point`` or int8.
     Returns float32 ``[R, N]`` (the kernel scale, ``s_w·2^-shift``)."""
     if w.kernel != profile.kernel:
         raise ValueError(f"weight packed for {w.kernel!r} used with a {profile.kernel!r} profile")
@@ -414,7 +417,7 @@ def msd_int8_linear(
         if y_fast is not None:
             return y_fast
     xn, exponents = row_exponents(x2)
-    buf, inv = decompose_int8_fast(xn, comps, round_last=profile.kernel != "fbgemm", qmax=profile.qmax)
+    buf, inv = decompose_int8_fast(xn, comps, round_last=True, qmax=profile.qmax)
     buf = encode_activations(buf, profile)
     y: torch.Tensor | None = None
     for start, stop, packed in weights:
@@ -524,8 +527,7 @@ def _msd_int8_decode(
         for i in range(comps - 1):
             torch.round(work, out=rows[i])
             work.sub_(rows[i]).mul_(step_t)
-    if profile.kernel != "fbgemm":
-        work.round_()
+    work.round_()  # every backend gets integers (module docstring: fbgemm's own rounding is not RNE at 64+ rows)
     a = encode_activations(buf, profile)
     if stacked:
         out = gemm_with_profile(a.view(comps * m, k), packed, profile)
