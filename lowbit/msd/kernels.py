@@ -12,7 +12,7 @@ fast path that :class:`lowbit.msd.MSDLinear` runs, tested against it (``tests/ms
 
 The components are written straight into one ``[p, M, K]`` float32 buffer (so "stacked along M" costs no copy);
 every component, the last included, is rounded here (``torch.round``) before any backend sees it. fbgemm could
-round its float input itself, but its vectorised quantizer (taken at 64 rows and more) adds the zero point 128
+round its float input itself, but at 64 rows (not at 9 or fewer) it behaves as if it added the zero point 128
 in float32 first: 79.49999237 + 128 rounds to 207.5 and then to 208, one more than ``RNE(79.49999237) = 79``,
 so an unrounded last component gave batch-size-dependent results. Extra error against the float64 reference
 decomposition: ``t_1`` carries one float32 rounding, ``<= 127·2^-24`` in units of ``s_1``, i.e. below 0.4 % of
@@ -527,7 +527,7 @@ def _msd_int8_decode(
         for i in range(comps - 1):
             torch.round(work, out=rows[i])
             work.sub_(rows[i]).mul_(step_t)
-    work.round_()  # every backend gets integers (module docstring: fbgemm's own rounding is not RNE at 64+ rows)
+    work.round_()  # every backend gets integers (module docstring: fbgemm's own rounding is not RNE at 64 rows)
     a = encode_activations(buf, profile)
     if stacked:
         out = gemm_with_profile(a.view(comps * m, k), packed, profile)

@@ -293,7 +293,7 @@ def test_quantize_weight_in_row_blocks_gives_the_same_bytes(monkeypatch) -> None
 
 
 def test_fbgemm_gives_the_same_bits_as_the_other_backends_at_any_batch_size() -> None:
-    """fbgemm's vectorised quantizer (64+ rows) adds the zero point before rounding, so an unrounded last
+    """fbgemm at 64 rows rounds as if it added the zero point first, so an unrounded last
     component 79.49999237 became 80 instead of 79 (one row in 64 differed by 16 ulp at 4096x4096). Every
     component is rounded by lowbit now: all backends agree bit for bit at every M."""
     kernels = [k for k in available_int8_kernels() if not isinstance(int8_profile(k), str)]
