@@ -290,14 +290,12 @@ def row_exponents(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return xn.to(torch.float32), e
 
 
-def decompose_int8_fast(
-    x2: torch.Tensor, passes: int, *, round_last: bool, qmax: int = 127
-) -> tuple[torch.Tensor, torch.Tensor]:
+def decompose_int8_fast(x2: torch.Tensor, passes: int, *, qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused float32 INT8 decomposition of ``x2 [M, K]`` (formulas in the module docstring, with ``127`` replaced
     by ``qmax`` and ``254`` by ``2·qmax``).
 
-    Returns ``(buf, inv)``: ``buf [passes, M, K]`` float32 with integer values in [-qmax, qmax] (the last component
-    unrounded unless ``round_last``) and ``inv [M]`` = ``qmax/max|x_row|`` (0 for zero rows). Rows holding NaN/Inf
+    Returns ``(buf, inv)``: ``buf [passes, M, K]`` float32 with integer values in [-qmax, qmax] (every component
+    rounded, the last included) and ``inv [M]`` = ``qmax/max|x_row|`` (0 for zero rows). Rows holding NaN/Inf
     are zeroed here; the caller marks them NaN (``inv`` is NaN for them). ``inv`` is infinite for rows below
     ``qmax/FLT_MAX``: normalise with :func:`row_exponents` first.
     """
@@ -315,8 +313,7 @@ def decompose_int8_fast(
     for i in range(passes - 1):
         torch.round(work, out=buf[i])
         work.sub_(buf[i]).mul_(step)
-    if round_last:
-        work.round_()
+    work.round_()
     return buf, torch.where(finite, inv, float("nan"))
 
 
@@ -417,7 +414,7 @@ def msd_int8_linear(
         if y_fast is not None:
             return y_fast
     xn, exponents = row_exponents(x2)
-    buf, inv = decompose_int8_fast(xn, comps, round_last=True, qmax=profile.qmax)
+    buf, inv = decompose_int8_fast(xn, comps, qmax=profile.qmax)
     buf = encode_activations(buf, profile)
     y: torch.Tensor | None = None
     for start, stop, packed in weights:

@@ -170,8 +170,8 @@ def calibrate_cpu(*, quick: bool = True, seed: int = 0) -> CpuCalibration:
     # The same dequant as MSDLinear(method="dequant"): convert, scale in place, cast to BF16.
     dequant_rate = k * n / _best_time(lambda: w8.to(torch.float32).mul_(s).to(torch.bfloat16), repeats, min_s)
     small, large = torch.randn(1, k, generator=g), torch.randn(64, k, generator=g)
-    t_small = _best_time(lambda: decompose_int8_fast(small, 2, round_last=True), repeats, min_s)
-    t_large = _best_time(lambda: decompose_int8_fast(large, 2, round_last=True), repeats, min_s)
+    t_small = _best_time(lambda: decompose_int8_fast(small, 2), repeats, min_s)
+    t_large = _best_time(lambda: decompose_int8_fast(large, 2), repeats, min_s)
     per_elem = max((t_large - t_small) / (63 * k), 1e-15)
     return CpuCalibration(
         k=k,
