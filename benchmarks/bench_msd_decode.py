@@ -3,17 +3,21 @@
 For each thread count (``torch.set_num_threads``), shape ``K x N`` (``nn.Linear(K, N)``, no bias) and M, the same
 INT8 weights ``W̃ = q ⊙ s_w`` (per output channel, from ``W ~ N(0, 0.02²)``) are multiplied by
 
-* ``msd``: ``MSDLinear`` INT8, two passes, ``kernel="auto"`` (the default), called as a module;
+* ``msd``: ``MSDLinear`` INT8, two passes, ``kernel="auto"`` and ``decode_op="auto"`` (the defaults: the compiled
+  decode operator of ``lowbit.msd.native`` where it loads), called as a module;
+* ``msd_torch``: the same layer with ``decode_op="torch"`` (the decode step as ~12 torch calls from Python);
 * ``quantize_dynamic``: ``torch.ao.quantization.quantize_dynamic`` (per-channel qint8 weights re-quantized from W̃,
   one dynamic 8-bit activation pass), called as a module.
 
-The two are timed **interleaved** (rounds of ``calls`` calls of each, alternating), so load from other processes hits
-both alike; the table gives the medians over rounds, ``ratio = msd / quantize_dynamic`` per round (median, and its
-10th-90th percentile as the spread) and each side's spread ``(max - min) / median``.
+The three are timed **interleaved** (rounds of ``calls`` calls of each, alternating), so load from other processes
+hits all alike; the table gives the medians over rounds, ``ratio = msd / quantize_dynamic`` per round (median, and
+its 10th-90th percentile as the spread), the same for ``msd_torch`` and each side's spread ``(max - min) / median``.
+The results record whether the compiled operator ran (``fused_decode_op``).
 
 ``--profile`` (M = 1, first shape) splits one call into parts, timed interleaved the same way: the fbgemm GEMM alone
 on the stacked 2-row input (``gemm_2row``) and on one row (``gemm_1row``), ``quantized::linear_dynamic`` alone
-(``qd_op``), the decode function without the module wrapper (``decode_fn``); and records ``torch.profiler``'s
+(``qd_op``), the torch-call decode function without the module wrapper (``decode_fn``), the compiled operator
+alone (``fused_op``, where it loads); and records ``torch.profiler``'s
 self CPU time per op for both modules. ``--kernels`` times the GEMM alone per backend (fbgemm, onednn, int_mm on
 the stored weight) for 2-2048 rows (the ``kernel="auto"`` crossover). ``--memory`` builds layers in subprocesses and
 records the resident-memory growth per layer for each ``kernel`` setting.
@@ -54,13 +58,14 @@ QUICK_KN = ((4096, 4096),)
 MS = (1, 2, 4, 8)
 
 
-def _layers(k: int, n: int) -> tuple[MSDLinear, nn.Module, torch.Tensor, torch.Tensor]:
-    """The MSD layer (auto kernel), the quantize_dynamic module on the same W̃, and q, s_w."""
+def _layers(k: int, n: int) -> tuple[MSDLinear, MSDLinear, nn.Module]:
+    """The MSD layer (defaults), the same layer with ``decode_op="torch"``, the quantize_dynamic module on W̃."""
     gen = torch.Generator().manual_seed(k + 7 * n)
     lin = nn.Linear(k, n, bias=False)
     with torch.no_grad():
         lin.weight.copy_(torch.randn(n, k, generator=gen) * 0.02)
     msd = MSDLinear.from_linear(lin, MSDConfig(weight="int8", passes=2))
+    msd_torch = MSDLinear.from_linear(lin, MSDConfig(weight="int8", passes=2, decode_op="torch"))
     with torch.no_grad():
         lin.weight.copy_(msd.dequantized_weight(torch.float32))
     with warnings.catch_warnings():
@@ -68,7 +73,7 @@ def _layers(k: int, n: int) -> tuple[MSDLinear, nn.Module, torch.Tensor, torch.T
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
         qd = quantize_dynamic(nn.Sequential(lin), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
-    return msd, qd, msd.qweight, msd.weight_scale[:, 0]
+    return msd, msd_torch, qd
 
 
 def interleaved(fns: dict[str, Any], *, rounds: int, calls: int, warmup: int = 3) -> dict[str, list[float]]:
@@ -98,26 +103,24 @@ def _quantiles(values: list[float]) -> tuple[float, float]:
     return qs[0], qs[-1]
 
 
-def bench_cell(msd: MSDLinear, qd: nn.Module, m: int, *, rounds: int) -> dict[str, Any]:
-    """msd vs quantize_dynamic at M = m, interleaved; per-round ratios give the spread of the ratio."""
+def bench_cell(msd: MSDLinear, msd_torch: MSDLinear, qd: nn.Module, m: int, *, rounds: int) -> dict[str, Any]:
+    """msd and msd_torch vs quantize_dynamic at M = m, interleaved; per-round ratios give the ratio's spread."""
     k = msd.in_features
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(100 + m))
     with torch.no_grad():
         y, ref = msd(x), msd.reference_forward(x)
+        if not torch.equal(y, msd_torch(x)):
+            raise AssertionError(f"decode_op='auto' and 'torch' differ at M = {m}")
     err = float((y.double() - ref).norm() / ref.norm())
-    s = interleaved({"msd": lambda: msd(x), "quantize_dynamic": lambda: qd(x)}, rounds=rounds, calls=10)
-    ratios = [a / b for a, b in zip(s["msd"], s["quantize_dynamic"], strict=True)]
-    lo, hi = _quantiles(ratios)
-    return {
-        "M": m,
-        "msd": _stats(s["msd"]),
-        "quantize_dynamic": _stats(s["quantize_dynamic"]),
-        "ratio_median": statistics.median(ratios),
-        "ratio_p10": lo,
-        "ratio_p90": hi,
-        "msd_rel_err_vs_reference": err,
-        "kernel": msd.kernel_for(m),
-    }
+    fns = {"msd": lambda: msd(x), "msd_torch": lambda: msd_torch(x), "quantize_dynamic": lambda: qd(x)}
+    s = interleaved(fns, rounds=rounds, calls=10)
+    cell: dict[str, Any] = {"M": m, **{name: _stats(v) for name, v in s.items()}}
+    for name, prefix in (("msd", "ratio"), ("msd_torch", "torch_ratio")):
+        ratios = [a / b for a, b in zip(s[name], s["quantize_dynamic"], strict=True)]
+        lo, hi = _quantiles(ratios)
+        cell.update({f"{prefix}_median": statistics.median(ratios), f"{prefix}_p10": lo, f"{prefix}_p90": hi})
+    cell.update({"msd_rel_err_vs_reference": err, "kernel": msd.kernel_for(m)})
+    return cell
 
 
 def profile_decode(msd: MSDLinear, qd: nn.Module, *, rounds: int) -> dict[str, Any]:
@@ -131,10 +134,15 @@ def profile_decode(msd: MSDLinear, qd: nn.Module, *, rounds: int) -> dict[str, A
     a = msd_kernels.encode_activations(a.to(torch.float32), profile)
     a1 = a[:1].contiguous()
     qd_packed = qd[0]._packed_params._packed_params
+    fused, _ = msd_kernels.fused_decode_op() if profile.kernel == "fbgemm" else (None, "")
     fns = {
         "msd": lambda: msd(x),
         "quantize_dynamic": lambda: qd(x),
         "decode_fn": lambda: msd_kernels._msd_int8_decode(x, packed, comps, stacked=True, bias=None, profile=profile),
+    }
+    if fused is not None:
+        fns["fused_op"] = lambda: fused(x, packed.handle, comps, profile.qmax, profile.zero_point, None)
+    fns |= {
         f"gemm_{comps}row": lambda: msd_kernels.gemm_with_profile(a, packed, profile),
         "gemm_1row": lambda: msd_kernels.gemm_with_profile(a1, packed, profile),
         "qd_op": lambda: torch.ops.quantized.linear_dynamic(x, qd_packed, True),
@@ -144,9 +152,10 @@ def profile_decode(msd: MSDLinear, qd: nn.Module, *, rounds: int) -> dict[str, A
     med = {name: p["median_s"] for name, p in parts.items()}
     derived = {
         "msd_outside_gemm_s": med["msd"] - med[f"gemm_{comps}row"],
-        "module_wrapper_s": med["msd"] - med["decode_fn"],
+        "module_wrapper_s": med["msd"] - med["fused_op" if "fused_op" in med else "decode_fn"],
         "decode_ops_outside_gemm_s": med["decode_fn"] - med[f"gemm_{comps}row"],
         "qd_outside_op_s": med["quantize_dynamic"] - med["qd_op"],
+        **({"fused_op_outside_gemm_s": med["fused_op"] - med[f"gemm_{comps}row"]} if "fused_op" in med else {}),
         "gemm_stacked_over_qd_op": med[f"gemm_{comps}row"] / med["qd_op"],
         "gemm_stacked_over_gemm_1row": med[f"gemm_{comps}row"] / med["gemm_1row"],
     }
@@ -260,16 +269,18 @@ def main(argv: list[str] | None = None) -> int:
     profiles: dict[str, Any] = {}
     kernel_rows: dict[str, Any] = {}
     for k, n in kns:
-        msd, qd, _, _ = _layers(k, n)
+        msd, msd_torch, qd = _layers(k, n)
         for th in threads:
             torch.set_num_threads(th)
             for m in MS:
-                cell = bench_cell(msd, qd, m, rounds=rounds)
+                cell = bench_cell(msd, msd_torch, qd, m, rounds=rounds)
                 rows.append({"threads": th, "K": k, "N": n, **cell})
                 print(
                     f"threads={th} K={k:5d} N={n:5d} M={m}: msd {cell['msd']['median_s'] * 1e3:.3f} ms  "
                     f"qd {cell['quantize_dynamic']['median_s'] * 1e3:.3f} ms  ratio {cell['ratio_median']:.3f} "
-                    f"[{cell['ratio_p10']:.2f}, {cell['ratio_p90']:.2f}]  ({time.perf_counter() - start:.0f} s)",
+                    f"[{cell['ratio_p10']:.2f}, {cell['ratio_p90']:.2f}]  "
+                    f"torch calls {cell['torch_ratio_median']:.3f}  "
+                    f"({time.perf_counter() - start:.0f} s)",
                     flush=True,
                 )
             if args.profile and (k, n) == kns[0]:
@@ -283,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.kernels and (k, n) == kns[0]:
                 kernel_rows[str(th)] = bench_kernels(k, n, rounds=rounds)
     memory = bench_memory(4096, 11008) if args.memory else {}
-    header = ["threads", "K", "N", "M", "msd ms", "qd ms", "ratio", "ratio p10-p90", "msd spread", "qd spread"]
+    header = ["threads", "K", "N", "M", "msd ms", "qd ms", "ratio", "ratio p10-p90", "torch-call ratio", "msd spread"]
     table = [
         [
             r["threads"],
@@ -294,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             r["quantize_dynamic"]["median_s"] * 1e3,
             r["ratio_median"],
             f"{r['ratio_p10']:.2f}-{r['ratio_p90']:.2f}",
+            r["torch_ratio_median"],
             r["msd"]["spread"],
-            r["quantize_dynamic"]["spread"],
         ]
         for r in rows
     ]
@@ -309,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": threads,
             "rounds": rounds,
             "calls_per_sample": 10,
+            "fused_decode_op": msd_kernels.fused_decode_op()[1],
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
             "rows": rows,

@@ -55,7 +55,7 @@ import functools
 import math
 import struct
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +75,7 @@ __all__ = [
     "choose_kernel",
     "decompose_int8_fast",
     "encode_activations",
+    "fused_decode_op",
     "gemm_with_profile",
     "int8_gemm",
     "msd_int8_linear",
@@ -388,6 +389,7 @@ def msd_int8_linear(
     stacked: bool,
     bias: torch.Tensor | None = None,
     profile: Int8Profile | None = None,
+    fused: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """MSD INT8 linear ``y = x · (q ⊙ s_w)ᵀ + bias`` for a floating ``x2 [M, K]``.
 
@@ -397,7 +399,8 @@ def msd_int8_linear(
     7-bit profile ``passes + 1`` components of ``|q| <= 63`` run (bound ``M/(2·63·126^p)``, below the 8-bit one).
     Rows are first normalised by a power of two (:func:`row_exponents`), so tiny rows and float64 rows beyond
     float32's range are handled; the result is float64 for float64 ``x2``, else float32. Rows of ``x2`` holding
-    NaN/Inf give NaN rows; an empty batch gives an empty ``[0, N]`` result.
+    NaN/Inf give NaN rows; an empty batch gives an empty ``[0, N]`` result. ``fused`` (from
+    :func:`fused_decode_op`) runs the decode path on fbgemm as one compiled call: the same bits, always stacked.
     """
     m = x2.shape[0]
     first = weights[0][2]
@@ -410,7 +413,11 @@ def msd_int8_linear(
     comps = profile.passes_for(passes)
     step = float(profile.step)
     if m <= DECODE_MAX_ROWS and len(weights) == 1 and first.shift == 0 and x2.dtype != torch.float64:
-        y_fast = _msd_int8_decode(x2, first, comps, stacked=stacked, bias=bias, profile=profile)
+        if fused is not None and profile.kernel == "fbgemm":
+            y_fast = fused(x2, first.handle, comps, profile.qmax, profile.zero_point, bias)
+            y_fast = y_fast if y_fast.dim() == 2 else None  # an empty [0] result: rows the general path handles
+        else:
+            y_fast = _msd_int8_decode(x2, first, comps, stacked=stacked, bias=bias, profile=profile)
         if y_fast is not None:
             return y_fast
     xn, exponents = row_exponents(x2)
@@ -537,6 +544,53 @@ def _msd_int8_decode(
     if bias is None:
         return y.div_(inv)
     return torch.addcdiv(bias.to(torch.float32), y, inv)
+
+
+@functools.cache
+def fused_decode_op() -> tuple[Callable[..., torch.Tensor] | None, str]:
+    """The compiled decode operator (:mod:`lowbit.msd.native`) once it has passed a self-check here, and a line
+    saying what happened: ``(op, "loaded from ...")`` or ``(None, why not)``. Cached for the process.
+
+    The self-check runs the operator and :func:`_msd_int8_decode` (the torch-call path) on a small fbgemm layer
+    (K = 203, N = 24; 1, 3 and 16 rows; float32, bfloat16 and float16; with and without a bias; rows of exact
+    ``.5`` ties and of tiny and huge values) and keeps the operator only if every output is bit-identical: a
+    compiler that fused or reassociated the float32 steps would be caught here, not give other results.
+    """
+    from lowbit.msd import native
+
+    profile = int8_profile("fbgemm")
+    if not isinstance(profile, Int8Profile):
+        return None, f"the fbgemm kernel is not exact on this CPU ({profile})"
+    op = native.decode_fbgemm_op()
+    status = native.decode_op_status()
+    if op is None:
+        return None, status.reason
+    gen = torch.Generator().manual_seed(0)
+    n, k = 24, 203
+    q = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
+    packed = pack_int8_weight(q, torch.rand(n, generator=gen) * 0.01 + 1e-3, "fbgemm")
+    ties = torch.arange(k, dtype=torch.float32).remainder(9.0).sub(4.0).add(0.5)  # exact .5 ties at every scale
+    qmax_row = ties.clone()
+    qmax_row[0] = float(profile.qmax)  # max |x| = qmax: inv = 1, the first component rounds the ties themselves
+    cases = [torch.stack([ties]), torch.stack([qmax_row, ties, -ties]), torch.randn(16, k, generator=gen)]
+    cases[2][5] = ties
+    extreme = torch.randn(3, k, generator=gen)
+    extreme[1] *= 1e-30  # max |x| below 2^-60: both paths decline (the general path runs)
+    comps = profile.passes_for(2)
+    with torch.no_grad():
+        for x in [*cases, extreme]:
+            for dtype in (torch.float32, torch.bfloat16, torch.float16):
+                xd = x.to(dtype) if x is not extreme else x
+                for bias in (None, torch.randn(n, generator=gen)):
+                    want = _msd_int8_decode(xd, packed, comps, stacked=True, bias=bias, profile=profile)
+                    got = op(xd, packed.handle, comps, profile.qmax, profile.zero_point, bias)
+                    same = got.dim() == 1 if want is None else got.dim() == 2 and torch.equal(want, got)
+                    if not same:
+                        return None, (
+                            f"the compiled operator in {status.build_dir} failed its self-check (M={x.shape[0]}, "
+                            f"{dtype}, bias={bias is not None}): its output differs from the torch-call path"
+                        )
+    return op, status.reason
 
 
 def _apply_exponents(y: torch.Tensor, exponents: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:

@@ -20,7 +20,10 @@ weights. Buffers stay on the layer (``state_dict`` and checkpoints hold them und
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -28,7 +31,15 @@ from torch import nn
 
 from lowbit.msd.config import MSDConfig
 from lowbit.msd.isa import Int8Profile
-from lowbit.msd.kernels import Int8Packed, choose_kernel, msd_int8_linear, pack_int8_weight, resolve_int8_kernels
+from lowbit.msd.kernels import (
+    DECODE_MAX_ROWS,
+    Int8Packed,
+    choose_kernel,
+    fused_decode_op,
+    msd_int8_linear,
+    pack_int8_weight,
+    resolve_int8_kernels,
+)
 from lowbit.msd.kernels_mx import MX_BLOCK, MX_MAX_K, msd_mxfp4_linear, pack_mxfp4_weight
 
 __all__ = [
@@ -164,6 +175,17 @@ class MSDScheme(Scheme):
         raise NotImplementedError
 
 
+@functools.cache
+def _warn_fused_unavailable(reason: str) -> None:
+    """One warning per process and reason (``decode_op="auto"``)."""
+    warnings.warn(
+        f"lowbit: the compiled MSD decode operator is unavailable ({reason}); INT8 decode steps run as torch calls "
+        "(the same results, ~0.1-0.2 ms more per layer). MSDConfig(decode_op='torch') silences this.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
 class Int8Scheme(MSDScheme):
     """INT8 weights per output channel (or per K-group), INT8 MSD activations (module docstring)."""
 
@@ -172,6 +194,26 @@ class Int8Scheme(MSDScheme):
     def __init__(self, config: MSDConfig) -> None:
         super().__init__(config)
         self._segments: dict[str, list[tuple[int, int, Int8Packed]]] = {}
+        self._fused: Callable[..., torch.Tensor] | None = None
+        self._fused_resolved = config.decode_op == "torch" or config.stacking == "split"
+        if config.decode_op == "fused":
+            if "fbgemm" not in (p.kernel for p in self._kernels):
+                raise RuntimeError(
+                    "decode_op='fused' runs on the fbgemm kernel, which is not exact on this CPU; "
+                    "use decode_op='auto' or 'torch'"
+                )
+            self._resolve_fused()
+
+    def _resolve_fused(self) -> None:
+        """Load the compiled decode operator (built on first use, :mod:`lowbit.msd.native`) for ``decode_op``
+        ``"fused"`` (raise if unavailable) or ``"auto"`` (warn once per process and run the torch calls)."""
+        op, reason = fused_decode_op()
+        self._fused_resolved = True
+        if op is None and self.config.decode_op == "fused":
+            raise RuntimeError(f"decode_op='fused': the compiled MSD decode operator is unavailable: {reason}")
+        if op is None:
+            _warn_fused_unavailable(reason)
+        self._fused = op
 
     @classmethod
     def check_shape(cls, n: int, k: int, config: MSDConfig) -> None:
@@ -229,9 +271,17 @@ class Int8Scheme(MSDScheme):
         return sum(p.kernel != "int_mm" for p in self._kernels) * layer.out_features * layer.in_features
 
     def _run(self, layer: Any, x2: torch.Tensor, profile: Int8Profile) -> torch.Tensor:
-        stacked = layer.stacking_for(x2.shape[0]) == "stacked"
+        m = x2.shape[0]
+        if not self._fused_resolved and m <= DECODE_MAX_ROWS and profile.kernel == "fbgemm":
+            self._resolve_fused()
+        if self._fused is not None and m <= DECODE_MAX_ROWS and profile.kernel == "fbgemm":
+            stacked = True  # the fused operator stacks the components (split gives the same bits)
+        else:
+            stacked = layer.stacking_for(m) == "stacked"
         segments = self._segments[profile.kernel]
-        return msd_int8_linear(x2, segments, self.config.passes, stacked=stacked, bias=layer.bias, profile=profile)
+        return msd_int8_linear(
+            x2, segments, self.config.passes, stacked=stacked, bias=layer.bias, profile=profile, fused=self._fused
+        )
 
     def reference(self, layer: Any, x2: torch.Tensor) -> torch.Tensor:
         """``lowbit.msd.matmul`` in float64 with the decomposition the fast path runs on this CPU: 8-bit, or

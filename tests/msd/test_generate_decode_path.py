@@ -1,6 +1,7 @@
-"""The decode path of the INT8 MSD linear (``kernels._msd_int8_decode``, M <= DECODE_MAX_ROWS) gives the same bits as
-the general path (row normalisation, ``decompose_int8_fast``, recombination), and the general path still runs for
-the rows the decode path hands back (zero, NaN/Inf, extreme magnitudes)."""
+"""The decode path of the INT8 MSD linear (``kernels._msd_int8_decode``, M <= DECODE_MAX_ROWS, and the compiled
+operator of ``lowbit.msd.native`` on fbgemm) gives the same bits as the general path (row normalisation,
+``decompose_int8_fast``, recombination), and the general path still runs for the rows the decode path hands back
+(zero, NaN/Inf, extreme magnitudes)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ def test_decode_path_is_bit_identical_to_the_general_path(
     w = formats.quantize_int(torch.randn(n, k, generator=gen) * 0.05, 8, "channel")
     packed = kn.pack_int8_weight(w.q, w.scale.reshape(-1), profile.kernel)
     bias = torch.randn(n, generator=gen)
+    fused = kn.fused_decode_op()[0] if profile.kernel == "fbgemm" else None
     for m in (1, 2, 5, kn.DECODE_MAX_ROWS):
         x = _rows(m, k, torch.float32, gen)
         if dtype == torch.float16:  # float16 cannot hold 2^±58: keep its rows in range
@@ -56,6 +58,8 @@ def test_decode_path_is_bit_identical_to_the_general_path(
                 slow = _general(monkeypatch, *args, **kwargs)
                 assert fast.dtype == slow.dtype == torch.float32
                 assert torch.equal(fast, slow), (m, passes, stacked, (fast - slow).abs().max())
+                if fused is not None:  # the compiled operator (test_native.py), 8- and 7-bit fbgemm profiles
+                    assert torch.equal(kn.msd_int8_linear(*args, **kwargs, fused=fused), slow), (m, passes)
 
 
 def test_decode_path_is_taken_and_skipped_where_it_should(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,7 +74,7 @@ def test_decode_path_is_taken_and_skipped_where_it_should(monkeypatch: pytest.Mo
         return out
 
     monkeypatch.setattr(kn, "_msd_int8_decode", counting)
-    layer = MSDLinear.from_linear(torch.nn.Linear(64, 8), MSDConfig())
+    layer = MSDLinear.from_linear(torch.nn.Linear(64, 8), MSDConfig(decode_op="torch"))  # the torch-call path
     x = torch.randn(3, 64)
     layer(x)
     assert calls["decode"] == 1

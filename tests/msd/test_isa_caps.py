@@ -18,7 +18,7 @@ import pytest
 from lowbit.msd.isa import CpuFeatures
 
 ROOT = Path(__file__).resolve().parents[2]
-TESTS = ["tests/msd/test_kernels.py", "tests/msd/test_linear.py"]
+TESTS = ["tests/msd/test_kernels.py", "tests/msd/test_linear.py", "tests/msd/test_native.py"]
 FEATURES = CpuFeatures.detect()
 
 CAPS = {

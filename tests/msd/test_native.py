@@ -1,0 +1,188 @@
+"""The compiled MSD decode operator (``lowbit.msd.native``): it builds here, it gives the torch-call path's bits,
+and where it cannot be built ``decode_op="auto"`` says so and ``decode_op="fused"`` raises.
+
+The reference for its bits is the torch-call decode path (``kernels._msd_int8_decode``), itself tested against
+the float64 ``lowbit.msd.matmul`` and the general path (``test_kernels.py``, ``test_generate_decode_path.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from lowbit.msd import MSDConfig, MSDLinear, native, schemes
+from lowbit.msd import kernels as kn
+from lowbit.msd.isa import Int8Profile, int8_profile
+from lowbit.msd.kernels import DECODE_MAX_ROWS, pack_int8_weight
+
+ROOT = Path(__file__).resolve().parents[2]
+FBGEMM = int8_profile("fbgemm")
+needs_fbgemm = pytest.mark.skipif(not isinstance(FBGEMM, Int8Profile), reason=f"fbgemm not exact here: {FBGEMM}")
+HAS_COMPILER = shutil.which(os.environ.get("CXX", "c++")) is not None
+
+
+def _layers(k: int, n: int, *, bias: bool, passes: int = 2, seed: int = 0) -> tuple[MSDLinear, MSDLinear]:
+    gen = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(k, n, bias=bias)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(n, k, generator=gen) * 0.05)
+        if bias:
+            lin.bias.copy_(torch.randn(n, generator=gen))
+    fused = MSDLinear.from_linear(lin, MSDConfig(passes=passes, kernel="fbgemm", decode_op="fused"))
+    plain = MSDLinear.from_linear(lin, MSDConfig(passes=passes, kernel="fbgemm", decode_op="torch"))
+    return fused, plain
+
+
+@needs_fbgemm
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler on PATH")
+def test_the_operator_builds_and_passes_its_self_check() -> None:
+    status = native.decode_op_status()
+    assert status.available, status.reason
+    op, reason = kn.fused_decode_op()
+    assert op is not None, reason
+
+
+@needs_fbgemm
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler on PATH")
+@pytest.mark.parametrize("passes", [1, 2, 3])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("k", [1, 7, 256, 1000])
+def test_fused_decode_gives_the_torch_path_bits(k: int, bias: bool, passes: int) -> None:
+    fused, plain = _layers(k, 40, bias=bias, passes=passes, seed=k)
+    gen = torch.Generator().manual_seed(1 + k)
+    with torch.no_grad():
+        for m in (1, 2, 5, 8, DECODE_MAX_ROWS):
+            x = torch.randn(m, k, generator=gen) * torch.logspace(-3, 3, m).unsqueeze(1)
+            x[0, : min(k, 8)] = torch.tensor([127.0, 2.5, -2.5, 0.5, -0.5, 1.5, 63.5, -126.5])[: min(k, 8)]
+            for dtype in (torch.float32, torch.bfloat16, torch.float16):
+                xd = x.to(dtype)
+                want = plain(xd)
+                got = fused(xd)
+                assert got.dtype == want.dtype == dtype
+                assert torch.equal(got, want), (m, dtype)
+                # and the float64 reference of the same decomposition, within the MSD bound
+                ref = plain.reference_forward(xd)
+                assert torch.allclose(got.double(), ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item() + 1e-30)
+
+
+@needs_fbgemm
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler on PATH")
+def test_rows_the_operator_declines_run_the_general_path() -> None:
+    fused, plain = _layers(64, 16, bias=True)
+    x = torch.randn(4, 64)
+    x[1] = 0.0  # zero row
+    x[2, 3] = float("nan")
+    x[3] *= 1e-25  # max |x| below 2^-60
+    with torch.no_grad():
+        got, want = fused(x), plain(x)
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want))
+    assert got[2].isnan().all() and torch.equal(got[1], fused.bias)
+    op, _ = kn.fused_decode_op()
+    assert op is not None
+    packed = fused._scheme._segments["fbgemm"][0][2]
+    declined = op(x, packed.handle, 2, FBGEMM.qmax, FBGEMM.zero_point, None)
+    assert declined.shape == (0,)  # the operator's "run the general path" answer
+
+
+@needs_fbgemm
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler on PATH")
+def test_operator_rejects_bad_arguments() -> None:
+    op, _ = kn.fused_decode_op()
+    assert op is not None
+    packed = pack_int8_weight(torch.ones(4, 8, dtype=torch.int8), torch.ones(4), "fbgemm")
+    with pytest.raises(RuntimeError, match="must be \\[M, K\\]"):
+        op(torch.ones(8), packed.handle, 2, 127, 128, None)
+    with pytest.raises(RuntimeError, match="comps must be"):
+        op(torch.ones(1, 8), packed.handle, 0, 127, 128, None)
+    with pytest.raises(RuntimeError, match="qmax must be"):
+        op(torch.ones(1, 8), packed.handle, 2, 200, 128, None)
+
+
+@needs_fbgemm
+def test_auto_warns_and_runs_the_torch_calls_when_the_operator_is_unavailable(monkeypatch) -> None:
+    monkeypatch.setattr(schemes, "fused_decode_op", lambda: (None, "no compiler (simulated)"))
+    schemes._warn_fused_unavailable.cache_clear()
+    lin = nn.Linear(32, 8)
+    auto = MSDLinear.from_linear(lin, MSDConfig(kernel="fbgemm"))
+    plain = MSDLinear.from_linear(lin, MSDConfig(kernel="fbgemm", decode_op="torch"))
+    x = torch.randn(1, 32)
+    with pytest.warns(RuntimeWarning, match="no compiler \\(simulated\\)"), torch.no_grad():
+        y = auto(x)
+    with torch.no_grad():
+        assert torch.equal(y, plain(x))
+    with pytest.raises(RuntimeError, match=r"decode_op='fused'.*no compiler \(simulated\)"):
+        MSDLinear.from_linear(lin, MSDConfig(kernel="fbgemm", decode_op="fused"))
+    schemes._warn_fused_unavailable.cache_clear()
+
+
+def test_torch_decode_op_never_builds(monkeypatch) -> None:
+    def boom() -> None:
+        raise AssertionError("decode_op='torch' must not load the operator")
+
+    monkeypatch.setattr(schemes, "fused_decode_op", boom)
+    lin = MSDLinear.from_linear(nn.Linear(16, 4), MSDConfig(decode_op="torch"))
+    with torch.no_grad():
+        lin(torch.randn(1, 16))
+
+
+def test_config_validates_decode_op() -> None:
+    with pytest.raises(ValueError, match="decode_op must be one of"):
+        MSDConfig(decode_op="fast")
+    with pytest.raises(ValueError, match="runs on the fbgemm kernel"):
+        MSDConfig(kernel="onednn", decode_op="fused")
+    cfg = MSDConfig(decode_op="torch")
+    assert MSDConfig.from_dict(cfg.to_dict()) == cfg
+    old = {k: v for k, v in MSDConfig().to_dict().items() if k != "decode_op"}  # a checkpoint from before
+    assert MSDConfig.from_dict(old).decode_op == "auto"
+
+
+def test_a_failed_build_is_reported_not_raised(tmp_path: Path) -> None:
+    """A broken compiler (``CXX=false``) in a fresh cache: the status says why, nothing raises, and
+    ``decode_op="auto"`` still gives the torch path's results."""
+    code = (
+        "import json, torch, warnings\n"
+        "from lowbit.msd import native, MSDConfig, MSDLinear\n"
+        "s = native.decode_op_status()\n"
+        "lin = MSDLinear.from_linear(torch.nn.Linear(16, 4), MSDConfig())\n"
+        "ref = MSDLinear.from_linear(torch.nn.Linear(16, 4), MSDConfig(decode_op='torch'))\n"
+        "ref.load_state_dict(lin.state_dict())\n"
+        "x = torch.randn(1, 16)\n"
+        "with warnings.catch_warnings(record=True) as w, torch.no_grad():\n"
+        "    warnings.simplefilter('always')\n"
+        "    same = torch.equal(lin(x), ref(x))\n"
+        "print(json.dumps({'available': s.available, 'reason': s.reason, 'same': same,\n"
+        "                  'warned': [str(m.message) for m in w]}))\n"
+    )
+    env = {**os.environ, "CXX": "false", "LOWBIT_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["available"] is False and out["reason"]
+    assert out["same"] is True
+    if isinstance(FBGEMM, Int8Profile):
+        assert any("compiled MSD decode operator is unavailable" in m for m in out["warned"]), out
+    assert (tmp_path / "cache" / "native").is_dir()  # it wrote only under LOWBIT_CACHE_DIR
+
+
+def test_extension_name_tracks_the_source_and_torch() -> None:
+    name = native.extension_name()
+    assert name.startswith("lowbit_msd_decode_") and len(name) == len("lowbit_msd_decode_") + 16
+    assert native.SOURCE.is_file()
+    assert "-ffp-contract=off" in native.CFLAGS and not any("-ffast-math" in f or "-march" in f for f in native.CFLAGS)
+
+
+def test_cache_root_honours_the_environment(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LOWBIT_CACHE_DIR", str(tmp_path / "a"))
+    assert native.cache_root() == tmp_path / "a"
+    monkeypatch.delenv("LOWBIT_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert native.cache_root() == tmp_path / "x" / "lowbit"
