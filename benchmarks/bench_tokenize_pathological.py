@@ -13,6 +13,15 @@ retries, merges, characters of the sequential fallback, note). ``growth`` is the
 between consecutive sizes (1 linear, 2 quadratic). A size is skipped for a call whose time at the previous size,
 extrapolated with that exponent (at least 1), exceeds ``--cap`` seconds; the row says so. Every id list is
 compared with ``own``.
+
+Paired mode (``--paired ROUNDS``), for ratios to quote: each call (``--calls``, default ``default`` and ``lopt``)
+is timed against ``own`` alone, ``ROUNDS`` rounds of the two back to back (after one untimed round), the order
+reversed every other round; the row gives each median, the median of the per-round ratios and its 10th/90th
+percentiles (a round's two calls see the same load, so drift between rounds cancels). The load average at the
+start and end goes into the JSON (``tokenize_pathological_paired.json``, or ``--out``):
+
+    flock /tmp/lowbit-bench.lock .venv/bin/python benchmarks/bench_tokenize_pathological.py --paired 101 \\
+        --tokenizers mistral-v1 --sizes 262144
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import argparse
 import base64
 import math
+import os
 import random
 import sys
 import time
@@ -32,12 +42,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._harness import measure, print_table, write_results
-from benchmarks.bench_tokenize import fastokens_calls, own_call
+from benchmarks.bench_tokenize import fastokens_calls, interleaved, own_call, timing_summary
 from lowbit.lab.tokenize.corpus import make_text
 from lowbit.tokenize import LoadedTokenizer, ParallelTokenizer, load_tokenizer
 
 KB = 1 << 10
 TOKENIZERS = ["cl100k", "o200k", "qwen2", "deepseek-v4", "bert", "mistral-v1", "gemma-like"]
+KINDS = ("letter", "base64", "digits", "minified-js", "cjk-no-spaces")
 
 
 def minified_js(n: int, rng: random.Random) -> str:
@@ -107,7 +118,7 @@ def run(names: list[str], sizes: list[int], cap: float) -> list[dict[str, Any]]:
             }
             if isinstance(fast, tuple):
                 calls["fastok"] = fast[0]
-            for kind in ("letter", "base64", "digits", "minified-js", "cjk-no-spaces"):
+            for kind in KINDS:
                 prev: dict[str, tuple[int, float]] = {}
                 growth: dict[str, float] = {}
                 for n in sizes:
@@ -161,13 +172,74 @@ def run(names: list[str], sizes: list[int], cap: float) -> list[dict[str, Any]]:
     return rows
 
 
+def run_paired(names: list[str], kinds: list[str], sizes: list[int], calls: list[str], rounds: int) -> list[dict]:
+    """Each of ``calls`` against ``own`` in rounds of two (module docstring, paired mode)."""
+    rows = []
+    for name in names:
+        loaded = gemma_like() if name == "gemma-like" else load_tokenizer(name)
+        own = own_call(loaded)
+        with (
+            ParallelTokenizer(loaded, workers=2) as pt_default,
+            ParallelTokenizer(loaded, workers=2, backend="library", min_parallel_chars=0) as pt_lopt,
+        ):
+            fns: dict[str, Callable[[str], Any]] = {"default": pt_default.encode, "lopt": pt_lopt.encode}
+            for n in sizes:
+                texts = inputs(n)
+                for kind in kinds:
+                    text = texts[kind]
+                    ref = own(text)
+                    for key in calls:
+                        fn = fns[key]
+                        pair = {"own": lambda own=own, t=text: own(t), key: lambda fn=fn, t=text: fn(t)}
+                        times, last = interleaved(pair, rounds)
+                        ratios = np.asarray(times[key].samples) / np.asarray(times["own"].samples)
+                        _, stats = (pt_default if key == "default" else pt_lopt).encode_with_stats(text)
+                        row = {
+                            "tokenizer": name, "input": kind, "chars": n, "call": key, "rounds": rounds,
+                            "own_s": times["own"].median, f"{key}_s": times[key].median,
+                            "paired_ratio": float(np.median(ratios)),
+                            "paired_p10": float(np.percentile(ratios, 10)),
+                            "paired_p90": float(np.percentile(ratios, 90)),
+                            "own_timing": timing_summary(times["own"]), f"{key}_timing": timing_summary(times[key]),
+                            "path": stats.path, "note": stats.note,
+                            "exact": last[key] == ref and last["own"] == ref,
+                        }  # fmt: skip
+                        rows.append(row)
+                        print(
+                            f"{name:12s} {kind:14s} {n:>8d} {key:8s} own={row['own_s'] * 1e3:.2f}ms "
+                            f"{key}={row[f'{key}_s'] * 1e3:.2f}ms paired={row['paired_ratio']:.3f} "
+                            f"[{row['paired_p10']:.3f}, {row['paired_p90']:.3f}] path={stats.path} "
+                            f"exact={row['exact']} load={os.getloadavg()[0]:.2f}",
+                            flush=True,
+                        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="16K-256K characters instead of 64K-1M")
     parser.add_argument("--tokenizers", nargs="*", default=TOKENIZERS, help="subset (gemma-like is built here)")
     parser.add_argument("--sizes", default=None, help="comma-separated sizes in characters (overrides --quick)")
     parser.add_argument("--cap", type=float, default=60.0, help="skip a call predicted to take longer (seconds)")
+    parser.add_argument("--paired", type=int, default=0, metavar="ROUNDS", help="paired mode: rounds per call")
+    parser.add_argument("--calls", default="default,lopt", help="paired mode: calls timed against own")
+    parser.add_argument("--inputs", nargs="*", default=list(KINDS), choices=KINDS, help="paired mode: inputs")
+    parser.add_argument("--out", default=None, help="paired mode: results name (default tokenize_pathological_paired)")
     args = parser.parse_args(argv)
+    if args.paired:
+        sizes = [int(x) for x in (args.sizes or str(256 * KB)).split(",")]
+        calls = [c for c in args.calls.split(",") if c]
+        if not set(calls) <= {"default", "lopt"}:
+            parser.error(f"--calls: expected default and/or lopt, got {args.calls!r}")
+        t0, load0 = time.perf_counter(), os.getloadavg()
+        rows = run_paired(args.tokenizers, args.inputs, sizes, calls, args.paired)
+        path = write_results(
+            args.out or "tokenize_pathological_paired",
+            {"command": " ".join(sys.argv), "rounds": args.paired, "sizes": sizes, "rows": rows,
+             "loadavg_start": load0, "loadavg_end": os.getloadavg(), "elapsed_s": time.perf_counter() - t0},
+        )  # fmt: skip
+        print(f"results written to {path}")
+        return 0 if all(r["exact"] for r in rows) else 1
     sizes = [16 * KB, 64 * KB, 256 * KB] if args.quick else [64 * KB, 256 * KB, 1000 * KB]
     if args.sizes:
         sizes = [int(x) for x in args.sizes.split(",")]

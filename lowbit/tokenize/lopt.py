@@ -339,6 +339,32 @@ def lossless_segments(
     return segments, stats
 
 
+UNASKED: Any = object()
+"""Default of ``dense_note`` in :func:`one_call_stats`: the backend's ``prefers_one_call`` was not asked yet."""
+
+
+def one_call_stats(
+    text: str, backend: Backend, plan: Plan, dense_note: str | None = UNASKED
+) -> tuple[MergeStats | None, list[int] | None]:
+    """Whether ``text`` is one call of the backend instead of chunks and a merge: ``(stats, hopeless)``.
+
+    ``stats`` (with ``note`` saying why) when the backend finds its own call cheaper for this text
+    (:meth:`~lowbit.tokenize.backends.Backend.prefers_one_call`; pass its answer as ``dense_note`` when the
+    caller has asked already, so the sample is encoded once) or when no boundary has a place to cut in any window
+    its retries reach; else None, with the boundaries to merge before encoding (:func:`hopeless_boundaries`,
+    for :func:`lossless_segments`). Decides speed, never ids: a one call is the library's own."""
+    n = len(text)
+    note = backend.prefers_one_call(text) if dense_note is UNASKED else dense_note
+    if note is not None:
+        return MergeStats(1, 0, 0, 0, n, 0, note), None
+    bounds = split_points(n, plan.chunk_chars, plan.overlap_chars)
+    hopeless = hopeless_boundaries(text, bounds, backend, plan)
+    if len(bounds) > 1 and len(hopeless) == len(bounds) - 1:
+        note = f"no boundary had a provably exact cut ({backend.cut_rule}), so the text was one sequential call"
+        return MergeStats(1, 0, 0, len(hopeless), n, len(hopeless), note), hopeless
+    return None, hopeless
+
+
 def lossless_encode(
     text: str, backend: Backend, run: RunFn, plan: Plan, min_match: int = 2
 ) -> tuple[np.ndarray, MergeStats]:
@@ -346,21 +372,19 @@ def lossless_encode(
     :func:`lossless_segments` (see the module docstring).
 
     One call of the backend's own :meth:`~lowbit.tokenize.backends.Backend.encode_ids` instead, with
-    ``MergeStats.note`` saying why, when the backend finds its call cheaper for this text
-    (:meth:`~lowbit.tokenize.backends.Backend.prefers_one_call`) or when no boundary has a place to cut in any
-    window its retries reach (no piece encoding, no merge: the ids are the library's own)."""
-    n = len(text)
-    note = backend.prefers_one_call(text)
-    hopeless = None
-    if note is None:
-        bounds = split_points(n, plan.chunk_chars, plan.overlap_chars)
-        hopeless = hopeless_boundaries(text, bounds, backend, plan)
-        if len(bounds) > 1 and len(hopeless) == len(bounds) - 1:
-            note = f"no boundary had a provably exact cut ({backend.cut_rule}), so the text was one sequential call"
-            ids = backend.encode_ids(text)
-            return ids, MergeStats(1, 0, 0, len(hopeless), n, len(hopeless), note)
-    if note is not None:
-        return backend.encode_ids(text), MergeStats(1, 0, 0, 0, n, 0, note)
+    ``MergeStats.note`` saying why, when :func:`one_call_stats` says so (no piece encoding, no merge: the ids are
+    the library's own)."""
+    one, hopeless = one_call_stats(text, backend, plan)
+    if one is not None:
+        return backend.encode_ids(text), one
+    return merged_ids(text, backend, run, plan, min_match, hopeless)
+
+
+def merged_ids(
+    text: str, backend: Backend, run: RunFn, plan: Plan, min_match: int = 2, hopeless: list[int] | None = None
+) -> tuple[np.ndarray, MergeStats]:
+    """The chunks-and-merge part of :func:`lossless_encode`: the concatenated segments of
+    :func:`lossless_segments` (``hopeless`` as there)."""
     segments, stats = lossless_segments(text, backend, lambda p: [(c, None) for c in run(p)], plan, min_match, hopeless)
     parts = [s.encoding.ids[s.lo : s.hi] for s in segments]
     return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)), stats

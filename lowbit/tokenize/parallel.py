@@ -24,7 +24,16 @@ from typing import Any, Literal
 import numpy as np
 
 from lowbit.tokenize.backends import ChunkEncoding, Piece, make_backend
-from lowbit.tokenize.lopt import MIN_CHUNK_CHARS, LoptConfig, MergeStats, Plan, lossless_encode, make_plan
+from lowbit.tokenize.lopt import (
+    MIN_CHUNK_CHARS,
+    UNASKED,
+    LoptConfig,
+    MergeStats,
+    Plan,
+    make_plan,
+    merged_ids,
+    one_call_stats,
+)
 from lowbit.tokenize.worker import encode_pieces, init_worker
 
 Strategy = Literal["auto", "direct", "processes", "threads", "inline", "executor"]
@@ -179,18 +188,20 @@ class ParallelTokenizer:
         >>> ParallelTokenizer("qwen2", workers=1).encode("Hello world, tokenization!")
         [9707, 1879, 11, 3950, 2022, 0]
         """
-        if (
-            type(text) is str
-            and (len(text) < self._one_call_below or self.backend.prefers_one_call(text) is not None)
-            and not (add_special_tokens or self.verify or self._closed)
-        ):
+        if type(text) is str and not (add_special_tokens or self.verify or self._closed):
             # One call: the backend's own list-returning call (no numpy round trip, no scan of the text; a lone
             # surrogate is caught from the library's own UTF-8 conversion), so it costs what the library costs.
-            ids = self._encode_list(text)
+            if len(text) < self._one_call_below:
+                ids = self._encode_list(text)
+            else:
+                dense = self.backend.prefers_one_call(text)  # asked once: the LoPT path below reuses the answer
+                if dense is None:
+                    return self._encode(text, False, on_progress, True, None)[0]  # type: ignore[return-value]
+                ids = self._encode_list(text)
             if on_progress:
                 on_progress(len(text), len(text))
             return ids
-        return self.encode_to_numpy(text, add_special_tokens=add_special_tokens, on_progress=on_progress).tolist()
+        return self._encode(text, add_special_tokens, on_progress, True)[0]  # type: ignore[return-value]
 
     def encode_to_numpy(
         self, text: str, *, add_special_tokens: bool = False, on_progress: ProgressFn | None = None
@@ -205,8 +216,7 @@ class ParallelTokenizer:
             if on_progress:
                 on_progress(len(text), len(text))
             return ids
-        ids, _ = self.encode_with_stats(text, add_special_tokens=add_special_tokens, on_progress=on_progress)
-        return ids
+        return self._encode(text, add_special_tokens, on_progress, False)[0]  # type: ignore[return-value]
 
     def encode_batch(self, texts: Sequence[str], *, add_special_tokens: bool = False) -> list[list[int]]:
         """:meth:`encode` of every text, in order."""
@@ -253,32 +263,8 @@ class ParallelTokenizer:
         self, text: str, *, add_special_tokens: bool = False, on_progress: ProgressFn | None = None
     ) -> tuple[np.ndarray, EncodeStats]:
         """:meth:`encode_to_numpy` plus an :class:`EncodeStats` describing how the text was split and merged."""
-        if self._closed:
-            raise ValueError("ParallelTokenizer is closed")
-        if not isinstance(text, str):
-            raise TypeError(f"text: expected str, got {type(text).__name__}")
-        n = len(text)
-        if self._one_call(n):
-            # One call: the library's own error for a lone surrogate is caught and named (no scan of the text).
-            ids = self.backend.encode_ids(text)
-            path = "direct" if self.strategy == "direct" else "sequential"
-            note = self._blocker if n >= max(self.config.min_parallel_chars, 1) and path == "sequential" else None
-            stats = EncodeStats(path, "inline", self.backend.name, n, len(ids), None, None, note)
-            if on_progress:
-                on_progress(n, n)
-        else:
-            text = self._check_text(text)
-            self.backend.check_disallowed(text)  # the pieces skip it: once, on the whole text
-            plan = make_plan(n, self.parallelism, self.backend, self.config)
-            run = self._runner(n, on_progress)
-            ids, merge = lossless_encode(text, self.backend, run, plan, self.config.min_match_tokens)
-            path = "lopt" if merge.note is None else "sequential"  # every boundary merged: one sequential call
-            stats = EncodeStats(path, self.strategy, self.backend.name, n, len(ids), plan, merge, merge.note)
-        if self.verify:
-            self._verify(text, ids)
-        if add_special_tokens:
-            ids = self._add_special(ids)
-        return ids, stats
+        ids, stats = self._encode(text, add_special_tokens, on_progress, False)
+        return ids, stats  # type: ignore[return-value]
 
     def encode_chunks(self, pieces: Sequence[Piece]) -> list[ChunkEncoding]:
         """Encode independent pieces on this tokenizer's workers and strategy, in order, without merging.
@@ -328,6 +314,56 @@ class ParallelTokenizer:
     # ---------------------------------------------------------------------------------------------------------
     # private
     # ---------------------------------------------------------------------------------------------------------
+
+    def _encode(
+        self,
+        text: str,
+        add_special_tokens: bool,
+        on_progress: ProgressFn | None,
+        as_list: bool,
+        dense_note: Any = UNASKED,
+    ) -> tuple[list[int] | np.ndarray, EncodeStats]:
+        """The ids (a list when ``as_list``, else ``uint32``) and stats of :meth:`encode_with_stats`.
+
+        Wherever the text ends as one library call (below the threshold, a blocked cut rule, token-dense text,
+        no boundary with a place to cut), the ids come from the backend's own call in the form asked for, with no
+        list -> array -> list round trip. ``dense_note``: the backend's ``prefers_one_call(text)`` when the caller
+        has asked it already (the sample is then not encoded twice)."""
+        if self._closed:
+            raise ValueError("ParallelTokenizer is closed")
+        if not isinstance(text, str):
+            raise TypeError(f"text: expected str, got {type(text).__name__}")
+        n = len(text)
+        ids: list[int] | np.ndarray
+        if self._one_call(n):
+            # One call: the library's own error for a lone surrogate is caught and named (no scan of the text).
+            ids = self._encode_list(text) if as_list else self._encode_ids(text)
+            path = "direct" if self.strategy == "direct" else "sequential"
+            note = self._blocker if n >= max(self.config.min_parallel_chars, 1) and path == "sequential" else None
+            stats = EncodeStats(path, "inline", self.backend.name, n, len(ids), None, None, note)
+            if on_progress:
+                on_progress(n, n)
+        else:
+            text = self._check_text(text)
+            self.backend.check_disallowed(text)  # the pieces skip it: once, on the whole text
+            plan = make_plan(n, self.parallelism, self.backend, self.config)
+            merge, hopeless = one_call_stats(text, self.backend, plan, dense_note)
+            if merge is not None:  # the library's own call on the whole text (merge.note says why)
+                ids = self._encode_list(text) if as_list else self._encode_ids(text)
+                if on_progress:
+                    on_progress(n, n)
+            else:
+                run = self._runner(n, on_progress)
+                ids, merge = merged_ids(text, self.backend, run, plan, self.config.min_match_tokens, hopeless)
+            path = "lopt" if merge.note is None else "sequential"  # every boundary merged: one sequential call
+            stats = EncodeStats(path, self.strategy, self.backend.name, n, len(ids), plan, merge, merge.note)
+        if self.verify:
+            self._verify(text, ids)
+        if add_special_tokens:
+            ids = self._add_special(ids)
+        if as_list and isinstance(ids, np.ndarray):
+            ids = ids.tolist()
+        return ids, stats
 
     def _one_call(self, n: int) -> bool:
         """Whether a text of ``n`` characters is one backend call: the direct strategy, below
@@ -436,8 +472,9 @@ class ParallelTokenizer:
             )
         return self._pool
 
-    def _verify(self, text: str, ids: np.ndarray) -> None:
+    def _verify(self, text: str, ids: list[int] | np.ndarray) -> None:
         ref = np.asarray(self.backend.reference(text), dtype=np.uint32)
+        ids = np.asarray(ids, dtype=np.uint32)
         if len(ref) != len(ids) or not np.array_equal(ref, ids):
             diff = np.nonzero(ref[: min(len(ref), len(ids))] != ids[: min(len(ref), len(ids))])[0]
             first = int(diff[0]) if len(diff) else min(len(ref), len(ids))
@@ -446,6 +483,6 @@ class ParallelTokenizer:
                 f"first difference at token {first}"
             )
 
-    def _add_special(self, ids: np.ndarray) -> np.ndarray:
+    def _add_special(self, ids: list[int] | np.ndarray) -> np.ndarray:
         prefix, suffix = self.backend.special_affixes()
         return np.concatenate([np.asarray(prefix, np.uint32), ids, np.asarray(suffix, np.uint32)])
