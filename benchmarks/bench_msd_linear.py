@@ -12,9 +12,10 @@ channel, from ``W ~ N(0, 0.02²)``) and Gaussian activations ``x ~ N(0, 1)`` are
                     the weight dequantized in registers; what torchao's int8 weight-only config runs)
 ``quantize_dynamic`` ``torch.ao.quantization.quantize_dynamic`` (per-channel qint8 weights re-quantized from W̃,
                     one dynamic 8-bit activation pass: what a PyTorch user runs today)
-``msd``             ``MSDLinear`` INT8, two passes, default kernel ("auto": fbgemm for p·M <= 4 rows, onednn
-                    above), stacked or split chosen by
-                    measuring both on this shape (``MSDLinear.tune``)
+``msd``             ``MSDLinear`` INT8, two passes, the defaults: kernel "auto" (fbgemm prepacked for
+                    p·M <= 16 rows, with the compiled decode operator where it loads; int_mm on the
+                    stored weight above), stacked or split chosen by measuring both on this shape
+                    (``MSDLinear.tune``)
 ``msd_<kernel>``    the same with each INT8 backend (``fbgemm``, ``onednn``, ``int_mm``) and forced
                     ``stacked`` / ``split`` variants, to choose the defaults by measurement
 ``msd_mxfp4``       ``MSDLinear`` MXFP4 (4.25 bits/weight, exact INT8 emulation; error against its own weights)
