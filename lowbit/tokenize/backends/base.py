@@ -170,14 +170,50 @@ def distinct_pairs(text: str) -> list[tuple[str, str]]:
     return list(zip(map(chr, first), map(chr, second), strict=True))
 
 
-def window_has_cut(window: str, edge: int, is_cut: CutTest, pair_ok: Callable[[str, str], bool] | None = None) -> bool:
+class PairFilter:
+    """A necessary condition ``pair_ok(a, b)`` on the two characters around a cut, memoised in two sets, so that
+    :meth:`select` filters a window's distinct pairs with set operations in C and calls ``pair_ok`` once per pair
+    ever seen (both sets are dropped past ``limit`` pairs, bounding the memory).
+
+    >>> f = PairFilter(lambda a, b: a == " ")
+    >>> sorted(f.select({(" ", "a"), ("a", "b")})), f(" ", "x"), sorted(f.select({(" ", "a")}))
+    ([(' ', 'a')], True, [(' ', 'a')])
+    """
+
+    def __init__(self, pair_ok: Callable[[str, str], bool], limit: int = 1_000_000) -> None:
+        self.pair_ok = pair_ok
+        self.limit = limit
+        self._good: set[tuple[str, str]] = set()
+        self._bad: set[tuple[str, str]] = set()
+
+    def __call__(self, a: str, b: str) -> bool:
+        return self.pair_ok(a, b)
+
+    def select(self, pairs: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The pairs of ``pairs`` that pass ``pair_ok``."""
+        good, bad = self._good, self._bad
+        unknown = pairs - good
+        unknown -= bad
+        if unknown:
+            if len(good) + len(bad) + len(unknown) > self.limit:
+                good, bad = self._good, self._bad = set(), set()  # new sets: a concurrent reader keeps its own
+            ok = self.pair_ok
+            for p in unknown:
+                (good if ok(*p) else bad).add(p)
+        return pairs & good
+
+
+def window_has_cut(
+    window: str, edge: int, is_cut: CutTest, pair_ok: Callable[[str, str], bool] | PairFilter | None = None
+) -> bool:
     """Whether ``window`` holds a character ``k`` with ``is_cut(window, k)`` at least ``edge`` UTF-8 bytes from both
     of its ends (a cut closer to an end is never accepted: those tokens are excluded from matching).
 
     ``pair_ok(a, b)``, when given, is a necessary condition on the two characters around a cut: when the first
-    32 positions hold no cut, the distinct adjacent pairs of the rest are tested at once (:func:`distinct_pairs`,
-    one C-level pass), so a window without any (one repeated letter, a digit run) costs no per-character Python
-    loop, and ordinary text, which has a cut among the first positions, costs no pass over the window.
+    16 positions hold no cut, the distinct adjacent pairs of the rest are tested at once (:func:`distinct_pairs`,
+    one C-level pass; a :class:`PairFilter` remembers the answers across windows and calls), so a window without
+    any (one repeated letter, a digit run) costs no per-character Python loop, and ordinary text, which has a cut
+    among the first positions, costs no pass over the window.
 
     >>> window_has_cut("aaaa bbbb", 2, lambda t, k: t[k - 1] == " "), window_has_cut("aaaa", 1, lambda t, k: True)
     (True, True)
@@ -195,13 +231,14 @@ def window_has_cut(window: str, edge: int, is_cut: CutTest, pair_ok: Callable[[s
             return False
         return ascii_ or edge <= len(window[:k].encode("utf-8", "surrogatepass")) <= total - edge
 
-    head = hi + 1 if pair_ok is None or hi - lo <= 64 else lo + 32
+    head = hi + 1 if pair_ok is None or hi - lo <= 32 else lo + 16
     if any(hit(k) for k in range(lo, head)):
         return True
     if head > hi:
         return False
     assert pair_ok is not None
-    good = {p for p in distinct_pairs(window[head - 1 : hi + 1]) if pair_ok(*p)}
+    pairs = set(distinct_pairs(window[head - 1 : hi + 1]))
+    good = (pair_ok if isinstance(pair_ok, PairFilter) else PairFilter(pair_ok)).select(pairs)
     return bool(good) and any(hit(k) for k in range(head, hi + 1) if (window[k - 1], window[k]) in good)
 
 

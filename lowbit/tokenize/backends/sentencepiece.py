@@ -20,6 +20,7 @@ from lowbit.tokenize.backends.base import (
     Backend,
     BackendSpec,
     ChunkEncoding,
+    PairFilter,
     Piece,
     Unit,
     byte_edges,
@@ -67,6 +68,7 @@ class SentencePieceBackend(Backend):
             else:
                 self._lens[i] = len(sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
         self._read_model()
+        self._pair_filter = PairFilter(self._pair_ok)
 
     @classmethod
     def from_processor(cls, sp: Any, *, source: LoadedTokenizer | None = None) -> SentencePieceBackend:
@@ -154,9 +156,12 @@ class SentencePieceBackend(Backend):
     DENSE_TOKENS_PER_CHAR = 0.75
 
     def prefers_one_call(self, text: str) -> str | None:
-        """One call for token-dense text: 16 samples spread evenly over it (each ``len(text) // 1024`` characters,
-        64-256, so at most 1.6 % of the text is encoded twice) give at least :attr:`DENSE_TOKENS_PER_CHAR` tokens
-        per character (digits with ``split_digits``, CJK, base64).
+        """One call for token-dense text: 16 samples spread evenly over it (each ``len(text) // 2048`` characters,
+        32-128, so 0.8 % of the text is encoded twice from 64K characters on, 1.6 % at the 32K default threshold,
+        less above 256K) give at least :attr:`DENSE_TOKENS_PER_CHAR` tokens per character (digits with
+        ``split_digits``, CJK, base64). The density is a speed decision, never an id one; the samples' joins
+        shift it by at most about one token per sample (0.03 per character at 32-character samples), far from
+        the gap between the dense inputs (0.8-1.1) and prose or code (0.3-0.55).
 
         There the library is fast per character (Mistral v1, 256K characters: 23 ms for digits against 1.6 s per
         4 MB of prose) and LoPT's own cost grows with the tokens (the chunks' id lists to arrays, the merge, the
@@ -166,7 +171,7 @@ class SentencePieceBackend(Backend):
         if not isinstance(text, str) or len(text) < 4096:
             return None
         n = len(text)
-        m = min(256, max(64, n // 1024))
+        m = min(128, max(32, n // 2048))
         starts = [i * (n - m) // 15 for i in range(16)]
         sample = "".join([text[s : s + m] for s in starts])  # one call: no batch threads to start
         density = (len(self.sp.encode(sample)) - 1) / len(sample)  # less the dummy prefix
@@ -182,7 +187,7 @@ class SentencePieceBackend(Backend):
 
     def may_cut(self, window: str) -> bool:
         """Whether ``window`` holds a place :meth:`is_cut` accepts, ``edge_units`` bytes from both ends."""
-        return self._blocker is None and window_has_cut(window, self.edge_units, self.is_cut, self._pair_ok)
+        return self._blocker is None and window_has_cut(window, self.edge_units, self.is_cut, self._pair_filter)
 
     def default_strategy(self, parallelism: int) -> str:
         """``"threads"``: the ``num_threads`` batch call runs chunks without the GIL and beat the process pool

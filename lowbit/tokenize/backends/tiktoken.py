@@ -20,6 +20,7 @@ from lowbit.tokenize.backends.base import (
     Backend,
     BackendSpec,
     ChunkEncoding,
+    PairFilter,
     Piece,
     Unit,
     byte_edges,
@@ -63,6 +64,7 @@ class TiktokenBackend(Backend):
                 raise ValueError(f"allowed_special: not special tokens of {enc.name}: {sorted(unknown)}")
         self.lens = self._length_table()
         self.breaks = PatternBreaks(enc._pat_str)
+        self._pair_filter = PairFilter(self.breaks.is_break)
         longest = max((len(t) for t in self._allowed), default=0)
         self._special_re = re.compile("|".join(map(re.escape, sorted(self._allowed)))) if self._allowed else None
         self._longest_special = longest
@@ -148,7 +150,7 @@ class TiktokenBackend(Backend):
         """
         if self.breaks.blocker is not None:
             return False
-        return window_has_cut(window, self.edge_units, self.is_cut, self.breaks.is_break)
+        return window_has_cut(window, self.edge_units, self.is_cut, self._pair_filter)
 
     def check_text(self, text: str) -> str:
         """Lone surrogates become U+FFFD, as tiktoken itself does (via a UTF-16 round trip), once for the text."""
