@@ -141,7 +141,7 @@ class ParallelTokenizer:
         self.config = LoptConfig(chunk_chars, overlap_chars, max_retries, min_parallel_chars)
         self.backend, self.loaded = make_backend(tokenizer, allowed_special=allowed_special, backend=backend)
         self.workers = workers
-        self.verify = verify
+        self._verify_flag = verify
         self._executor = executor
         if executor is not None:
             strategy = "executor"
@@ -171,7 +171,21 @@ class ParallelTokenizer:
             else max(self.config.min_parallel_chars, 1)
         )
         self._encode_list = self.backend.encode_list
-        self._encode_ids = self.backend.encode_ids
+        self._encode_ids = self.backend.ids_call()
+        self._fast_below = self._one_call_below  # the per-call test: -1 while verify is on or once closed
+        self.verify = verify
+
+    @property
+    def verify(self) -> bool:
+        """Re-encode every text sequentially and raise :class:`VerificationError` on any difference."""
+        return self._verify_flag
+
+    @verify.setter
+    def verify(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"verify: expected bool, got {type(value).__name__}")
+        self._verify_flag = value
+        self._fast_below = -1 if value or self._closed else self._one_call_below
 
     # ---------------------------------------------------------------------------------------------------------
     # encoding
@@ -188,10 +202,10 @@ class ParallelTokenizer:
         >>> ParallelTokenizer("qwen2", workers=1).encode("Hello world, tokenization!")
         [9707, 1879, 11, 3950, 2022, 0]
         """
-        if type(text) is str and not (add_special_tokens or self.verify or self._closed):
+        if type(text) is str and not add_special_tokens and self._fast_below >= 0:
             # One call: the backend's own list-returning call (no numpy round trip, no scan of the text; a lone
             # surrogate is caught from the library's own UTF-8 conversion), so it costs what the library costs.
-            if len(text) < self._one_call_below:
+            if len(text) < self._fast_below:
                 ids = self._encode_list(text)
             else:
                 dense = self.backend.prefers_one_call(text)  # asked once: the LoPT path below reuses the answer
@@ -207,13 +221,10 @@ class ParallelTokenizer:
         self, text: str, *, add_special_tokens: bool = False, on_progress: ProgressFn | None = None
     ) -> np.ndarray:
         """Like :meth:`encode`, as a ``uint32`` numpy array (no per-token Python objects)."""
-        if (
-            type(text) is str
-            and len(text) < self._one_call_below
-            and not (add_special_tokens or self.verify or self._closed)
-        ):
+        # One test for threshold, verify and closed (``_fast_below``), the backend's call bound once (``ids_call``).
+        if type(text) is str and len(text) < self._fast_below and not add_special_tokens:
             ids = self._encode_ids(text)  # the backend's own fastest call, nothing around it
-            if on_progress:
+            if on_progress is not None:
                 on_progress(len(text), len(text))
             return ids
         return self._encode(text, add_special_tokens, on_progress, False)[0]  # type: ignore[return-value]
@@ -287,6 +298,7 @@ class ParallelTokenizer:
             self._pool = None
             self._pool_size = 0
         self._closed = True
+        self._fast_below = -1
 
     def __enter__(self) -> ParallelTokenizer:
         return self

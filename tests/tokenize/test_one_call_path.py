@@ -95,3 +95,28 @@ def test_no_cut_text_is_one_call_in_every_form(name, get_preset):
         assert stats.merge is not None and stats.merge.merges == stats.merge.premerged >= 1
     with ParallelTokenizer(tok, workers=2, backend="library", min_parallel_chars=0, verify=True) as pt:
         assert pt.encode(text) == ref
+
+
+@pytest.mark.parametrize(("name", "backend"), [("qwen2", "auto"), ("mistral-v1", "library")])
+def test_verify_set_after_construction_checks_every_path(name, backend, get_preset, monkeypatch):
+    """``verify`` switched on later reaches the short-text paths too (their per-call test is precomputed), and
+    switched off again skips the check; a non-bool is refused."""
+    tok = get_preset(name)
+    text = "Verify me later, please. " * 20
+    ref = reference(tok.obj, text)
+    with ParallelTokenizer(tok, workers=2, backend=backend) as pt:
+        checked: list[int] = []
+        monkeypatch.setattr(pt, "_verify", lambda t, ids: checked.append(len(ids)))
+        assert pt.encode(text) == ref and pt.encode_to_numpy(text).tolist() == ref and checked == []
+        pt.verify = True
+        assert pt.encode(text) == ref and pt.encode_to_numpy(text).tolist() == ref
+        assert checked == [len(ref), len(ref)]
+        pt.verify = False
+        assert pt.encode_to_numpy(text).tolist() == ref and len(checked) == 2
+        with pytest.raises(TypeError, match="verify"):
+            pt.verify = 1  # type: ignore[assignment]
+    with pytest.raises(ValueError, match="closed"):
+        pt.encode_to_numpy(text)
+    pt.verify = False  # closed stays closed
+    with pytest.raises(ValueError, match="closed"):
+        pt.encode(text)

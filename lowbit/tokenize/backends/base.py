@@ -375,6 +375,11 @@ class Backend:
         """Sequential encode of ``text`` as ``uint32``; equal to :meth:`reference`."""
         return ids_array(self.encode_list(text))
 
+    def ids_call(self) -> Callable[[str], np.ndarray]:
+        """A callable equal to :meth:`encode_ids`, bound once by the caller for its per-call path (a backend may
+        return one with its attributes resolved in advance). Default: the bound method."""
+        return self.encode_ids
+
     def encode_chunks(self, pieces: Sequence[Piece], threads: int) -> list[ChunkEncoding]:
         """Encode each piece (with ``threads`` native threads where the library has them)."""
         raise NotImplementedError

@@ -12,7 +12,7 @@ import gzip
 import importlib.util
 import json
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +156,22 @@ class FastokensBackend(Backend):
         except UnicodeEncodeError:
             ids, _ = self.fast.encode_batch_flat([self.ref.check_text(text)], split_special_tokens=self.ordinary)
         return np.frombuffer(ids, dtype=np.uint32)
+
+    def ids_call(self) -> Callable[[str], np.ndarray]:
+        """:meth:`encode_ids` with fastokens' flat call, its option and ``np.frombuffer`` held in a closure (no
+        attribute lookups per call); the method itself where the special-token check applies."""
+        if self._refuses:
+            return self.encode_ids
+        flat, split, frombuffer, u32, slow = self._flat, self.ordinary, np.frombuffer, np.uint32, self.encode_ids
+
+        def encode_ids(text: str) -> np.ndarray:
+            try:
+                ids, _ = flat([text], split_special_tokens=split)
+            except UnicodeEncodeError:
+                return slow(text)  # a lone surrogate: repaired or named as in encode_ids
+            return frombuffer(ids, u32)
+
+        return encode_ids
 
     def encode_chunks(self, pieces: Sequence[Piece], threads: int) -> list[ChunkEncoding]:
         flat, offsets = self.fast.encode_batch_flat([p.text for p in pieces], split_special_tokens=self.ordinary)
