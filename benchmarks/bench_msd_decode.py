@@ -20,10 +20,13 @@ on the stacked 2-row input (``gemm_2row``) and on one row (``gemm_1row``), ``qua
 alone (``fused_op``, where it loads); and records ``torch.profiler``'s
 self CPU time per op for both modules. ``--kernels`` times the GEMM alone per backend (fbgemm, onednn, int_mm on
 the stored weight) for 2-2048 rows (the ``kernel="auto"`` crossover). ``--memory`` builds layers in subprocesses and
-records the resident-memory growth per layer for each ``kernel`` setting.
+records the resident-memory growth per layer for each ``kernel`` setting. ``--stack L`` times M = 1 through ``L``
+distinct 4096 x 4096 layers per setup, one pass per round, interleaved: a single layer called again and again is
+partly served from the last-level cache (300 MiB of L3 on the machine of the quoted runs), a model's decode step
+is not.
 
     flock /tmp/lowbit-bench.lock .venv/bin/python benchmarks/bench_msd_decode.py [--quick] [--profile] \
-        [--kernels] [--memory] [--threads 1,2] [--name NAME]
+        [--kernels] [--memory] [--stack LAYERS] [--threads 1,2] [--name NAME]
 
 Writes ``benchmarks/results/msd_decode.json`` (``msd_decode_quick.json`` with ``--quick``, or ``<NAME>.json``).
 """
@@ -60,7 +63,12 @@ MS = (1, 2, 4, 8)
 
 def _layers(k: int, n: int) -> tuple[MSDLinear, MSDLinear, nn.Module]:
     """The MSD layer (defaults), the same layer with ``decode_op="torch"``, the quantize_dynamic module on W̃."""
-    gen = torch.Generator().manual_seed(k + 7 * n)
+    return _layers_seeded(k, n, seed=k + 7 * n)
+
+
+def _layers_seeded(k: int, n: int, *, seed: int) -> tuple[MSDLinear, MSDLinear, nn.Module]:
+    """:func:`_layers` from the weights of generator seed ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
     lin = nn.Linear(k, n, bias=False)
     with torch.no_grad():
         lin.weight.copy_(torch.randn(n, k, generator=gen) * 0.02)
@@ -121,6 +129,50 @@ def bench_cell(msd: MSDLinear, msd_torch: MSDLinear, qd: nn.Module, m: int, *, r
         cell.update({f"{prefix}_median": statistics.median(ratios), f"{prefix}_p10": lo, f"{prefix}_p90": hi})
     cell.update({"msd_rel_err_vs_reference": err, "kernel": msd.kernel_for(m)})
     return cell
+
+
+def bench_stack(k: int, n: int, layers: int, threads: list[int], *, rounds: int) -> dict[str, Any]:
+    """M = 1 through a stack of ``layers`` distinct layers, as a decode step walks a model: ``msd`` (defaults),
+    ``msd_torch`` and ``quantize_dynamic`` stacks built from the same float weights, one pass each per round,
+    interleaved. With ``layers`` chosen so the INT8 weights exceed the last-level cache, every layer's weight
+    comes from memory, as in a real model; a single layer called repeatedly is partly served from the cache
+    (300 MiB of L3 on the machine these numbers were taken on)."""
+    stacks: dict[str, list[nn.Module]] = {"msd": [], "msd_torch": [], "quantize_dynamic": []}
+    for i in range(layers):
+        msd, msd_torch, qd = _layers_seeded(k, n, seed=1000 + i)
+        stacks["msd"].append(msd)
+        stacks["msd_torch"].append(msd_torch)
+        stacks["quantize_dynamic"].append(qd)
+    x = torch.randn(1, k, generator=torch.Generator().manual_seed(5))
+
+    def run(stack: list[nn.Module]) -> None:
+        for layer in stack:
+            layer(x)
+
+    out: dict[str, Any] = {
+        "K": k,
+        "N": n,
+        "layers": layers,
+        "int8_weight_mib_per_stack": layers * k * n / 2**20,
+        "threads": {},
+    }
+    for th in threads:
+        torch.set_num_threads(th)
+        s = interleaved({name: (lambda st=st: run(st)) for name, st in stacks.items()}, rounds=rounds, calls=1)
+        cell: dict[str, Any] = {f"{name}_per_layer_ms": statistics.median(v) / layers * 1e3 for name, v in s.items()}
+        for name in ("msd", "msd_torch"):
+            ratios = [a / b for a, b in zip(s[name], s["quantize_dynamic"], strict=True)]
+            lo, hi = _quantiles(ratios)
+            cell[f"{name}_ratio_median"] = statistics.median(ratios)
+            cell[f"{name}_ratio_p10_p90"] = [lo, hi]
+        out["threads"][str(th)] = cell
+        print(
+            f"  stack {layers} x {k}x{n} threads={th}: per layer msd {cell['msd_per_layer_ms']:.3f} ms, "
+            f"qd {cell['quantize_dynamic_per_layer_ms']:.3f} ms, ratio {cell['msd_ratio_median']:.3f} "
+            f"[{lo:.2f}, {hi:.2f}], torch calls {cell['msd_torch_ratio_median']:.3f}",
+            flush=True,
+        )
+    return out
 
 
 def profile_decode(msd: MSDLinear, qd: nn.Module, *, rounds: int) -> dict[str, Any]:
@@ -259,6 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernels", action="store_true", help="GEMM alone per backend, 2-2048 rows")
     parser.add_argument("--memory", action="store_true", help="resident memory per layer per kernel setting")
     parser.add_argument("--name", default=None, help="results file name (default msd_decode[_quick])")
+    parser.add_argument(
+        "--stack",
+        type=int,
+        default=0,
+        help="also time M = 1 through this many distinct 4096 x 4096 layers per setup (weights beyond the cache)",
+    )
     args = parser.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
     kns = QUICK_KN if args.quick else FULL_KN
@@ -294,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.kernels and (k, n) == kns[0]:
                 kernel_rows[str(th)] = bench_kernels(k, n, rounds=rounds)
     memory = bench_memory(4096, 11008) if args.memory else {}
+    stack = bench_stack(4096, 4096, args.stack, threads, rounds=max(7, rounds // 2)) if args.stack else {}
     header = ["threads", "K", "N", "M", "msd ms", "qd ms", "ratio", "ratio p10-p90", "torch-call ratio", "msd spread"]
     table = [
         [
@@ -327,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             "profile": profiles,
             "kernels": kernel_rows,
             "memory": memory,
+            "stack": stack,
             "seconds": time.perf_counter() - start,
         },
     )
