@@ -204,6 +204,13 @@ class Int8Scheme(MSDScheme):
                 )
             self._resolve_fused()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the compiled operator (a C++ callable): it is looked up again on first use."""
+        state = self.__dict__.copy()
+        state["_fused"] = None
+        state["_fused_resolved"] = self.config.decode_op == "torch" or self.config.stacking == "split"
+        return state
+
     def _resolve_fused(self) -> None:
         """Load the compiled decode operator (built on first use, :mod:`lowbit.msd.native`) for ``decode_op``
         ``"fused"`` (raise if unavailable) or ``"auto"`` (warn once per process and run the torch calls)."""

@@ -186,3 +186,22 @@ def test_cache_root_honours_the_environment(monkeypatch, tmp_path: Path) -> None
     monkeypatch.delenv("LOWBIT_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert native.cache_root() == tmp_path / "x" / "lowbit"
+
+
+def test_layers_pickle_and_copy_after_a_fused_decode() -> None:
+    """``torch.save`` of a whole module and ``copy.deepcopy`` work after decode steps ran the compiled operator
+    (it is looked up again, not pickled), and give the same outputs."""
+    import copy
+    import io
+
+    layer = MSDLinear.from_linear(nn.Linear(64, 32), MSDConfig())
+    x = torch.randn(1, 64)
+    with torch.no_grad():
+        y = layer(x)
+    buf = io.BytesIO()
+    torch.save(layer, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), y)
+        assert torch.equal(copy.deepcopy(layer)(x), y)
