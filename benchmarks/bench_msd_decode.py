@@ -21,12 +21,12 @@ alone (``fused_op``, where it loads); and records ``torch.profiler``'s
 self CPU time per op for both modules. ``--kernels`` times the GEMM alone per backend (fbgemm, onednn, int_mm on
 the stored weight) for 2-2048 rows (the ``kernel="auto"`` crossover). ``--memory`` builds layers in subprocesses and
 records the resident-memory growth per layer for each ``kernel`` setting. ``--stack L`` times M = 1 through ``L``
-distinct 4096 x 4096 layers per setup, one pass per round, interleaved: a single layer called again and again is
-partly served from the last-level cache (300 MiB of L3 on the machine of the quoted runs), a model's decode step
-is not.
+distinct layers per setup (``--stack-shape KxN``, default 4096x4096), one pass per round, interleaved: a
+single layer called again and again is partly served from the last-level cache (300 MiB of L3 on the machine
+of the quoted runs), a model's decode step is not.
 
     flock /tmp/lowbit-bench.lock .venv/bin/python benchmarks/bench_msd_decode.py [--quick] [--profile] \
-        [--kernels] [--memory] [--stack LAYERS] [--threads 1,2] [--name NAME]
+        [--kernels] [--memory] [--stack LAYERS [--stack-shape KxN]] [--threads 1,2] [--name NAME]
 
 Writes ``benchmarks/results/msd_decode.json`` (``msd_decode_quick.json`` with ``--quick``, or ``<NAME>.json``).
 """
@@ -315,8 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         "--stack",
         type=int,
         default=0,
-        help="also time M = 1 through this many distinct 4096 x 4096 layers per setup (weights beyond the cache)",
+        help="also time M = 1 through this many distinct layers per setup (weights beyond the cache)",
     )
+    parser.add_argument("--stack-shape", default="4096x4096", help="K x N of the --stack layers (default 4096x4096)")
+    parser.add_argument("--stack-rounds", type=int, default=15, help="passes per setup for --stack (default 15)")
     args = parser.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
     kns = QUICK_KN if args.quick else FULL_KN
@@ -352,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.kernels and (k, n) == kns[0]:
                 kernel_rows[str(th)] = bench_kernels(k, n, rounds=rounds)
     memory = bench_memory(4096, 11008) if args.memory else {}
-    stack = bench_stack(4096, 4096, args.stack, threads, rounds=max(7, rounds // 2)) if args.stack else {}
+    stack_k, stack_n = (int(v) for v in args.stack_shape.lower().split("x"))
+    stack = bench_stack(stack_k, stack_n, args.stack, threads, rounds=args.stack_rounds) if args.stack else {}
     header = ["threads", "K", "N", "M", "msd ms", "qd ms", "ratio", "ratio p10-p90", "torch-call ratio", "msd spread"]
     table = [
         [
