@@ -195,7 +195,7 @@ class Int8Scheme(MSDScheme):
         super().__init__(config)
         self._segments: dict[str, list[tuple[int, int, Int8Packed]]] = {}
         self._fused: Callable[..., torch.Tensor] | None = None
-        self._fused_resolved = config.decode_op == "torch" or config.stacking == "split"
+        self._fused_resolved = not self._wants_fused()
         if config.decode_op == "fused":
             if "fbgemm" not in (p.kernel for p in self._kernels):
                 raise RuntimeError(
@@ -208,8 +208,12 @@ class Int8Scheme(MSDScheme):
         """Pickle without the compiled operator (a C++ callable): it is looked up again on first use."""
         state = self.__dict__.copy()
         state["_fused"] = None
-        state["_fused_resolved"] = self.config.decode_op == "torch" or self.config.stacking == "split"
+        state["_fused_resolved"] = not self._wants_fused()
         return state
+
+    def _wants_fused(self) -> bool:
+        """Whether decode steps may run the compiled operator (not with ``decode_op="torch"`` or forced split)."""
+        return self.config.decode_op != "torch" and self.config.stacking != "split"
 
     def _resolve_fused(self) -> None:
         """Load the compiled decode operator (built on first use, :mod:`lowbit.msd.native`) for ``decode_op``
@@ -279,12 +283,11 @@ class Int8Scheme(MSDScheme):
 
     def _run(self, layer: Any, x2: torch.Tensor, profile: Int8Profile) -> torch.Tensor:
         m = x2.shape[0]
-        if not self._fused_resolved and m <= DECODE_MAX_ROWS and profile.kernel == "fbgemm":
+        fbgemm_decode = m <= DECODE_MAX_ROWS and profile.kernel == "fbgemm"
+        if fbgemm_decode and not self._fused_resolved:
             self._resolve_fused()
-        if self._fused is not None and m <= DECODE_MAX_ROWS and profile.kernel == "fbgemm":
-            stacked = True  # the fused operator stacks the components (split gives the same bits)
-        else:
-            stacked = layer.stacking_for(m) == "stacked"
+        # the fused operator stacks the components (split gives the same bits)
+        stacked = (fbgemm_decode and self._fused is not None) or layer.stacking_for(m) == "stacked"
         segments = self._segments[profile.kernel]
         return msd_int8_linear(
             x2, segments, self.config.passes, stacked=stacked, bias=layer.bias, profile=profile, fused=self._fused
