@@ -205,3 +205,69 @@ def test_layers_pickle_and_copy_after_a_fused_decode() -> None:
     with torch.no_grad():
         assert torch.equal(loaded(x), y)
         assert torch.equal(copy.deepcopy(layer)(x), y)
+
+
+@needs_fbgemm
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler on PATH")
+def test_decode_steps_take_the_bound_operator_with_the_general_paths_bits(monkeypatch) -> None:
+    """``MSDLinear.forward`` sends float32 decode batches (2-D, 3-D, non-contiguous) straight to the bound operator
+    (``decode_step``), with the bits of the torch-call path; larger batches, autograd and other dtypes do not."""
+    fused, plain = _layers(96, 48, bias=True, seed=3)
+    with torch.no_grad():
+        fused(torch.randn(1, 96))  # binds the step ("fused" resolves at construction; prepack binds)
+    step = fused._scheme.decode_step
+    assert step is not None and step.max_rows == DECODE_MAX_ROWS
+    assert step.comps == FBGEMM.passes_for(2) and step.qmax == FBGEMM.qmax
+    assert plain._scheme.decode_step is None  # decode_op="torch"
+    general = schemes.Int8Scheme.forward
+    calls: list[int] = []
+
+    def counting(self, layer, x, x2):  # type: ignore[no-untyped-def]
+        calls.append(x2.shape[0])
+        return general(self, layer, x, x2)
+
+    monkeypatch.setattr(schemes.Int8Scheme, "forward", counting)
+    gen = torch.Generator().manual_seed(4)
+    wide = torch.randn(3, 192, generator=gen)
+    cases = [torch.randn(m, 96, generator=gen) for m in (1, 2, 7, DECODE_MAX_ROWS)]
+    cases += [torch.randn(2, 1, 96, generator=gen), torch.randn(1, 4, 96, generator=gen), wide[:, ::2]]
+    with torch.no_grad():
+        for x in cases:
+            got = fused(x)
+            assert got.shape == (*x.shape[:-1], 48)
+            assert torch.equal(got, plain(x)), tuple(x.shape)
+        assert len(calls) == len(cases)  # only the plain layer's calls took the general path
+        calls.clear()
+        big = torch.randn(DECODE_MAX_ROWS + 1, 96, generator=gen)
+        assert torch.equal(fused(big), plain(big)) and calls == [DECODE_MAX_ROWS + 1] * 2
+        calls.clear()
+        assert torch.equal(fused(cases[0].bfloat16()), plain(cases[0].bfloat16())) and len(calls) == 2
+    calls.clear()
+    y = fused(cases[0])  # autograd on: the general path (it enters no_grad itself)
+    assert not y.requires_grad and torch.equal(y, plain(cases[0])) and len(calls) == 2
+
+
+@needs_fbgemm
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler on PATH")
+def test_the_bound_decode_step_follows_new_weights_and_is_not_bound_where_unsound() -> None:
+    """Loading a state dict (or ``set_weight``) rebinds the step to the new prepacked weight; layers whose decode
+    step the operator does not run (K-groups, ``stacking="split"``) have none."""
+    fused, _ = _layers(64, 32, bias=False, seed=5)
+    other, plain_other = _layers(64, 32, bias=False, seed=6)
+    x = torch.randn(1, 64)
+    with torch.no_grad():
+        fused(x)
+        fused.load_state_dict(other.state_dict())
+        assert torch.equal(fused(x), plain_other(x))
+        w = torch.randn(32, 64) * 0.05
+        fused.set_weight(w)
+        plain_other.set_weight(w)
+        assert torch.equal(fused(x), plain_other(x))
+    for config in (
+        MSDConfig(kernel="fbgemm", decode_op="fused", group_size=32),
+        MSDConfig(kernel="fbgemm", stacking="split"),
+    ):
+        layer = MSDLinear.from_linear(nn.Linear(64, 32), config)
+        with torch.no_grad():
+            layer(x)
+        assert layer._scheme.decode_step is None, config
