@@ -392,15 +392,19 @@ def merged_ids(
 
 def hopeless_boundaries(text: str, bounds: Sequence[Sequence[int]], backend: Backend, plan: Plan) -> list[int]:
     """Boundaries where no cut can be accepted: neither the first window nor the largest window the retries can
-    reach (``3**max_retries`` times the first, clipped to the two pieces) passes ``backend.may_cut``.
+    reach (``3**max_retries`` times the first, clipped to the two pieces) passes ``backend.may_cut``. Where the
+    backend's window test is monotone (:attr:`~lowbit.tokenize.backends.Backend.may_cut_widens`: tiktoken
+    without allowed special strings, SentencePiece), the largest window's verdict is the answer and the first is
+    not asked; elsewhere (HF tokenizers) both are.
 
     Merging them before encoding changes no id (a merge is one sequential call); it only saves the chunk
     encodings and retries that would fail anyway (a 1 MB word under WordPiece: 7 retried boundaries and a
     sequential call, 4.7x the library, became one call)."""
     out = []
+    widest_only = backend.may_cut_widens
     for b in range(len(bounds) - 1):
         lo, hi = bounds[b + 1][0], bounds[b][1]
-        if backend.may_cut(text[lo:hi]):
+        if not widest_only and backend.may_cut(text[lo:hi]):
             continue
         reach = (hi - lo) * (3**plan.max_retries - 1) // 2
         if not backend.may_cut(text[max(bounds[b][0], lo - reach) : min(bounds[b + 1][1], hi + reach)]):

@@ -5,7 +5,6 @@ Every id list is compared with the library's own call on the library object (``c
 
 from __future__ import annotations
 
-import itertools
 import random
 
 import numpy as np
@@ -14,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowbit.tokenize import ParallelTokenizer
-from lowbit.tokenize.backends.base import distinct_pairs, window_has_cut
+from lowbit.tokenize.backends.base import window_has_cut
 
 from .conftest import reference
 
@@ -31,7 +30,7 @@ def brute_has_cut(window: str, edge: int, is_cut) -> bool:
 
 @settings(max_examples=400, deadline=None)
 @given(
-    st.text(alphabet=st.sampled_from("ab1 .中é"), min_size=0, max_size=300),
+    st.text(alphabet=st.sampled_from("ab1 .中é😀"), min_size=0, max_size=300),
     st.integers(min_value=1, max_value=8),
     st.sampled_from(["space", "digit-after-letter", "never", "cjk"]),
 )
@@ -50,12 +49,6 @@ def test_window_has_cut_matches_every_position(window, edge, rule):
     want = brute_has_cut(window, edge, is_cut)
     assert window_has_cut(window, edge, is_cut, pair_ok) == want
     assert window_has_cut(window, edge, is_cut) == want
-
-
-@given(st.text(min_size=0, max_size=200))
-def test_distinct_pairs_is_the_set_of_adjacent_pairs(text):
-    pairs = distinct_pairs(text)
-    assert set(pairs) == set(itertools.pairwise(text)) and len(pairs) == len(set(pairs))
 
 
 @pytest.mark.parametrize("kind", ["digits", "cjk"])

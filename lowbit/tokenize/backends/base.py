@@ -146,100 +146,137 @@ CutTest = Callable[[str, int], bool]
 """``is_cut(text, k)``: whether a cut before character ``k`` of ``text`` (0 < k < len(text)) is provably exact."""
 
 
-def distinct_pairs(text: str) -> list[tuple[str, str]]:
-    """The distinct pairs ``(text[k-1], text[k])`` of adjacent characters, in code point order.
+def utf8_len(ch: str) -> int:
+    """UTF-8 bytes of one character (a lone surrogate counts 3, as ``surrogatepass`` writes it).
 
-    One C-level pass: the pairs as integers (``a << 8 | b`` for ASCII, ``a << 32 | b`` otherwise), sorted, and kept
-    where they differ from their predecessor (a sort is ~3x faster here than ``np.unique``'s hash table on a few
-    thousand keys); Python sees each distinct pair once.
-
-    >>> distinct_pairs("abab"), distinct_pairs("é1é")
-    ([('a', 'b'), ('b', 'a')], [('1', 'é'), ('é', '1')])
+    >>> [utf8_len(c) for c in "aé中😀"]
+    [1, 2, 3, 4]
     """
-    if len(text) < 2:
-        return []
+    cp = ord(ch)
+    return 1 if cp < 0x80 else 2 if cp < 0x800 else 3 if cp < 0x10000 else 4
+
+
+def code_points(text: str) -> np.ndarray:
+    """The characters of ``text`` as integers in one C-level pass: ``uint8`` for ASCII text, else ``uint32``.
+
+    >>> code_points("ab").dtype, code_points("a中").tolist()
+    (dtype('uint8'), [97, 20013])
+    """
     if text.isascii():
-        cps = np.frombuffer(text.encode("ascii"), dtype=np.uint8).astype(np.uint16)
-        shift, mask = 8, 0xFF
-    else:
-        cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
-        shift, mask = 32, 0xFFFFFFFF
-    keys = np.sort((cps[:-1] << cps.dtype.type(shift)) | cps[1:])
-    keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
-    first, second = (keys >> keys.dtype.type(shift)).tolist(), (keys & mask).tolist()
-    return list(zip(map(chr, first), map(chr, second), strict=True))
+        return np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 
 class PairFilter:
-    """A necessary condition ``pair_ok(a, b)`` on the two characters around a cut, memoised in two sets, so that
-    :meth:`select` filters a window's distinct pairs with set operations in C and calls ``pair_ok`` once per pair
-    ever seen (both sets are dropped past ``limit`` pairs, bounding the memory).
+    """A necessary condition ``pair_ok(a, b)`` on the two characters around a cut, memoised, so that the pairs of a
+    whole run of text are filtered in numpy and ``pair_ok`` is called once per distinct pair ever seen.
+
+    Two memories: ASCII pairs in a table of ``128 * 128`` verdicts (-1 not asked yet, 0 fails, 1 passes) indexed by
+    ``a << 7 | b`` (16 KiB, read with one gather); other pairs as a sorted array of keys ``a << 32 | b`` with their
+    verdicts (looked up with one ``searchsorted``; dropped past ``limit`` pairs, bounding the memory).
 
     >>> f = PairFilter(lambda a, b: a == " ")
-    >>> sorted(f.select({(" ", "a"), ("a", "b")})), f(" ", "x"), sorted(f.select({(" ", "a")}))
-    ([(' ', 'a')], True, [(' ', 'a')])
+    >>> f(" ", "x"), f.candidates(code_points("ab cd e")).tolist(), f.candidates(code_points("中 文 x")).tolist()
+    (True, [2, 5], [1, 3])
     """
 
     def __init__(self, pair_ok: Callable[[str, str], bool], limit: int = 1_000_000) -> None:
         self.pair_ok = pair_ok
         self.limit = limit
-        self._good: set[tuple[str, str]] = set()
-        self._bad: set[tuple[str, str]] = set()
+        self._ascii = np.full(1 << 14, -1, dtype=np.int8)
+        self._memo = (np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=bool))  # sorted keys, their verdicts
 
     def __call__(self, a: str, b: str) -> bool:
         return self.pair_ok(a, b)
 
-    def select(self, pairs: set[tuple[str, str]]) -> set[tuple[str, str]]:
-        """The pairs of ``pairs`` that pass ``pair_ok``."""
-        good, bad = self._good, self._bad
-        unknown = pairs - good
-        unknown -= bad
-        if unknown:
-            if len(good) + len(bad) + len(unknown) > self.limit:
-                good, bad = self._good, self._bad = set(), set()  # new sets: a concurrent reader keeps its own
-            ok = self.pair_ok
-            for p in unknown:
-                (good if ok(*p) else bad).add(p)
-        return pairs & good
+    def candidates(self, codes: np.ndarray) -> np.ndarray:
+        """Indices ``i``, ascending, where the pair ``(codes[i], codes[i + 1])`` passes ``pair_ok``; ``codes`` as
+        :func:`code_points` gives them (``uint8``: ASCII, read from the table)."""
+        if len(codes) < 2:
+            return np.zeros(0, dtype=np.intp)
+        if codes.dtype == np.uint8:
+            wide = codes.astype(np.uint16)
+            keys16 = (wide[:-1] << np.uint16(7)) | wide[1:]
+            table = self._ascii
+            verdict = table[keys16]
+            if verdict.min() < 0:  # pairs never asked: each distinct one once (benign if two threads race)
+                for key in np.unique(keys16[verdict < 0]).tolist():
+                    table[key] = 1 if self.pair_ok(chr(key >> 7), chr(key & 0x7F)) else 0
+                verdict = table[keys16]
+            return np.flatnonzero(verdict)
+        wide64 = codes.astype(np.uint64)
+        keys = (wide64[:-1] << np.uint64(32)) | wide64[1:]
+        known, ok = self._memo  # one tuple: a concurrent writer replaces it whole
+        at = np.minimum(np.searchsorted(known, keys), max(len(known) - 1, 0))
+        found = known[at] == keys if len(known) else np.zeros(len(keys), dtype=bool)
+        if not found.all():
+            new = np.unique(keys[~found])
+            verdicts = np.fromiter(
+                (self.pair_ok(chr(k >> 32), chr(k & 0xFFFFFFFF)) for k in new.tolist()), dtype=bool, count=len(new)
+            )
+            known, ok = np.concatenate((known, new)), np.concatenate((ok, verdicts))
+            order = np.argsort(known, kind="stable")
+            known, ok = known[order], ok[order]
+            at = np.searchsorted(known, keys)
+            self._memo = (known, ok) if len(known) <= self.limit else (known[:0], ok[:0])
+        return np.flatnonzero(ok[at])
+
+
+def cut_range(window: str, edge: int) -> tuple[int, int]:
+    """``(lo, hi)``: the positions ``k`` of ``window`` with at least ``edge`` UTF-8 bytes before and after them are
+    exactly ``lo <= k <= hi`` (byte counts grow with ``k`` on one side and shrink on the other), and ``1 <= lo``,
+    ``hi <= len(window) - 1``; empty when ``hi < lo``. Free for ASCII (bytes are characters); otherwise at most
+    ``edge`` characters are read at each end.
+
+    >>> cut_range("abcdef", 2), cut_range("é" * 6, 3), cut_range("ab", 2)
+    ((2, 4), (2, 4), (2, 0))
+    """
+    n = len(window)
+    if window.isascii():
+        return max(edge, 1), min(n - edge, n - 1)
+    lo = front = 0
+    while front < edge and lo < n:
+        front += utf8_len(window[lo])
+        lo += 1
+    hi, back = n, 0
+    while back < edge and hi > 0:
+        hi -= 1
+        back += utf8_len(window[hi])
+    if front < edge or back < edge:
+        return 1, 0
+    return max(lo, 1), min(hi, n - 1)
 
 
 def window_has_cut(
     window: str, edge: int, is_cut: CutTest, pair_ok: Callable[[str, str], bool] | PairFilter | None = None
 ) -> bool:
     """Whether ``window`` holds a character ``k`` with ``is_cut(window, k)`` at least ``edge`` UTF-8 bytes from both
-    of its ends (a cut closer to an end is never accepted: those tokens are excluded from matching).
+    of its ends (a cut closer to an end is never accepted: those tokens are excluded from matching); those
+    positions are one interval (:func:`cut_range`).
 
     ``pair_ok(a, b)``, when given, is a necessary condition on the two characters around a cut: when the first
-    16 positions hold no cut, the distinct adjacent pairs of the rest are tested at once (:func:`distinct_pairs`,
-    one C-level pass; a :class:`PairFilter` remembers the answers across windows and calls), so a window without
-    any (one repeated letter, a digit run) costs no per-character Python loop, and ordinary text, which has a cut
-    among the first positions, costs no pass over the window.
+    16 positions hold no cut, only the positions whose pair passes it are tried, found in numpy
+    (:meth:`PairFilter.candidates`), so a window without any (one repeated letter, a digit run, Chinese without
+    punctuation) costs no per-character Python loop, and ordinary text, which has a cut among the first
+    positions, costs no pass over the window.
 
     >>> window_has_cut("aaaa bbbb", 2, lambda t, k: t[k - 1] == " "), window_has_cut("aaaa", 1, lambda t, k: True)
     (True, True)
     >>> window_has_cut("a" * 100 + " bbbb", 2, lambda t, k: t[k - 1] == " ", lambda a, b: a == " ")
     True
     """
-    ascii_ = window.isascii()
-    lo, hi = (edge, len(window) - edge) if ascii_ else (1, len(window) - 1)
+    lo, hi = cut_range(window, edge)
     if hi < lo:
         return False
-    total = len(window) if ascii_ else len(window.encode("utf-8", "surrogatepass"))
-
-    def hit(k: int) -> bool:
-        if not is_cut(window, k):
-            return False
-        return ascii_ or edge <= len(window[:k].encode("utf-8", "surrogatepass")) <= total - edge
-
     head = hi + 1 if pair_ok is None or hi - lo <= 32 else lo + 16
-    if any(hit(k) for k in range(lo, head)):
+    if any(is_cut(window, k) for k in range(lo, head)):
         return True
     if head > hi:
         return False
     assert pair_ok is not None
-    pairs = set(distinct_pairs(window[head - 1 : hi + 1]))
-    good = (pair_ok if isinstance(pair_ok, PairFilter) else PairFilter(pair_ok)).select(pairs)
-    return bool(good) and any(hit(k) for k in range(head, hi + 1) if (window[k - 1], window[k]) in good)
+    filt = pair_ok if isinstance(pair_ok, PairFilter) else PairFilter(pair_ok)
+    # Pair i of window[head - 1 : hi + 1] is the one around position head + i.
+    return any(is_cut(window, head + i) for i in filt.candidates(code_points(window[head - 1 : hi + 1])).tolist())
 
 
 class Backend:
@@ -337,6 +374,22 @@ class Backend:
         """Why no cut of this tokenizer's input can be proven exact (then every text is one sequential call and
         :class:`~lowbit.tokenize.EncodeStats` says so), or None. Default: None."""
         return None
+
+    @property
+    def may_cut_widens(self) -> bool:
+        """Whether :meth:`may_cut` is monotone in the window: ``may_cut(w)`` implies ``may_cut(v)`` for every window
+        ``v`` of the same text that contains ``w``. Then a boundary has no place to cut in any window its retries
+        reach exactly when the widest one has none, and :func:`lowbit.tokenize.lopt.hopeless_boundaries` asks
+        only that one (it decides speed, never ids).
+
+        It holds where ``may_cut(w)`` is "some position ``k`` of ``w`` at least ``edge`` UTF-8 bytes from both
+        ends of ``w`` passes a test of the two characters ``w[k-1], w[k]`` alone" (:func:`window_has_cut` with
+        a pair-local ``is_cut``): a containing window holds the same two characters at the same place of the
+        text and at least as many bytes on each side of it, so the same position passes there. Backends whose
+        window test reads more than the pair (a normalizer or pre-tokenizer run on the window as a whole, a
+        special-token string that a narrower window cuts off) keep False, the default, and both windows are
+        asked (docs/tokenize.md, "The window pre-check")."""
+        return False
 
     def check_text(self, text: str) -> str:
         """The text to encode: unchanged, or a ``ValueError`` naming the first lone surrogate (UTF-8 has none).

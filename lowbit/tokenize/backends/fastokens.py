@@ -122,6 +122,12 @@ class FastokensBackend(Backend):
             return False
         return self.ref.may_cut(window)
 
+    @property
+    def may_cut_widens(self) -> bool:
+        """The library's (tiktoken's) rule; with an HF vocabulary :meth:`may_cut` is always False, which no wider
+        window changes."""
+        return isinstance(self.ref, HFBackend) or self.ref.may_cut_widens
+
     def check_text(self, text: str) -> str:
         return self.ref.check_text(text)
 

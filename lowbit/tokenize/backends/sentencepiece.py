@@ -185,6 +185,10 @@ class SentencePieceBackend(Backend):
     def _pair_ok(self, a: str, b: str) -> bool:
         return self.is_cut(a + b, 1)
 
+    #: :meth:`is_cut` reads only the two characters around the cut, so a window containing another holds each of
+    #: its cuts (:attr:`Backend.may_cut_widens`).
+    may_cut_widens = True
+
     def may_cut(self, window: str) -> bool:
         """Whether ``window`` holds a place :meth:`is_cut` accepts, ``edge_units`` bytes from both ends."""
         return self._blocker is None and window_has_cut(window, self.edge_units, self.is_cut, self._pair_filter)

@@ -140,6 +140,15 @@ class TiktokenBackend(Backend):
                 return False
         return True
 
+    @property
+    def may_cut_widens(self) -> bool:
+        """True without allowed special strings: :meth:`is_cut` is then :meth:`PatternBreaks.is_break` of the two
+        characters around the cut alone, so a window containing another holds each of its cuts
+        (:attr:`Backend.may_cut_widens`). With ``allowed_special``, :meth:`is_cut` also refuses a position near an
+        allowed special string, read from the window itself: a string that a narrow window cuts off at its start
+        or end is whole in a wider one, which then refuses the narrow window's cut, so both windows are asked."""
+        return self._special_re is None
+
     def may_cut(self, window: str) -> bool:
         """Whether ``window`` holds a hard break at least ``edge_units`` bytes from both ends.
 
