@@ -190,24 +190,7 @@ class MSDLinear(nn.Module):
         """``x [..., in_features]`` (float32/bfloat16/float16 on the CPU) -> ``[..., out_features]`` in x's dtype.
 
         Inference only: the MSD path returns a tensor without gradient history.
-
-        A decode step (float32 ``x [M, K]`` or ``[B, 1, K]``, ``M <= decode_step.max_rows``, no autograd) goes
-        straight to the layer's bound compiled operator (``Int8Scheme.decode_step``): the same call the general
-        path makes, with the Python checks and dispatch skipped (at M = 1 a layer's weights have just evicted the
-        interpreter's working set from the core's caches, so each skipped Python frame costs microseconds).
         """
-        step = self._scheme.decode_step
-        if step is not None and type(x) is torch.Tensor and x.dtype is torch.float32 and x.is_cpu:
-            shape = x.shape
-            if (
-                shape[-1] == self.in_features
-                and 0 < x.numel() <= step.max_rows * shape[-1]
-                and len(shape) in (2, 3)
-                and not torch.is_grad_enabled()
-            ):
-                y = step.op(x.reshape(-1, shape[-1]), step.handle, step.comps, step.qmax, step.zero_point, self.bias)
-                if y.dim() == 2:  # an empty [0] result: rows (NaN, extreme range) the general path handles
-                    return y if len(shape) == 2 else y.view(*shape[:-1], self.out_features)
         x2 = self._check_input(x)
         return self._scheme.forward(self, x, x2)
 

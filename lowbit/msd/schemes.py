@@ -24,7 +24,7 @@ import functools
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -56,19 +56,6 @@ __all__ = [
 BufferShapes = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
 
-class DecodeStep(NamedTuple):
-    """A layer's decode step bound once (:attr:`Int8Scheme.decode_step`): ``op(x, handle, comps, qmax,
-    zero_point, bias)`` is the compiled operator exactly as :func:`~lowbit.msd.kernels.msd_int8_linear` calls it
-    for float32 ``x [M, K]`` with ``M <= max_rows``; an empty ``[0]`` result means "run the general path"."""
-
-    op: Callable[..., torch.Tensor]
-    handle: Any
-    comps: int
-    qmax: int
-    zero_point: int
-    max_rows: int
-
-
 class Scheme:
     """Base of the handlers: storage (shapes, quantize, dequantize) and compute (prepack, forward, reference).
 
@@ -78,8 +65,6 @@ class Scheme:
 
     method: ClassVar[str]
     fills: ClassVar[dict[str, float]] = {}  # initial value of each buffer of an empty layer
-    #: The bound decode step :meth:`lowbit.msd.MSDLinear.forward` may call directly, or None (see Int8Scheme).
-    decode_step: DecodeStep | None = None
 
     def __init__(self, config: MSDConfig) -> None:
         self.config = config
@@ -224,7 +209,6 @@ class Int8Scheme(MSDScheme):
         state = self.__dict__.copy()
         state["_fused"] = None
         state["_fused_resolved"] = not self._wants_fused()
-        state["decode_step"] = None
         return state
 
     def _wants_fused(self) -> bool:
@@ -241,34 +225,6 @@ class Int8Scheme(MSDScheme):
         if op is None:
             _warn_fused_unavailable(reason)
         self._fused = op
-        self._bind_decode_step()
-
-    def _bind_decode_step(self) -> None:
-        """Set :attr:`decode_step` where :func:`~lowbit.msd.kernels.msd_int8_linear` would run the compiled
-        operator for every float32 batch of 1..``max_rows`` rows: the operator loaded, one K-segment (per-channel
-        scales) with kernel scale shift 0, and fbgemm the profile for those rows (``max_rows`` is the largest
-        ``M <= DECODE_MAX_ROWS`` for which it is). Otherwise None: every call takes the general path.
-
-        The bound step skips only Python work (input checks and dispatch), never a different computation, so a
-        call through it returns the same bits as the general path (tests/msd/test_native.py)."""
-        self.decode_step = None
-        segments = self._segments.get("fbgemm", [])
-        if self._fused is None or len(segments) != 1 or segments[0][2].shift != 0:
-            return
-        profile = self.profile_for(1)
-        if profile.kernel != "fbgemm":
-            return
-        max_rows = 1
-        while max_rows < DECODE_MAX_ROWS and self.profile_for(max_rows + 1) is profile:
-            max_rows += 1
-        self.decode_step = DecodeStep(
-            self._fused,
-            segments[0][2].handle,
-            profile.passes_for(self.config.passes),
-            profile.qmax,
-            profile.zero_point,
-            max_rows,
-        )
 
     @classmethod
     def check_shape(cls, n: int, k: int, config: MSDConfig) -> None:
@@ -320,7 +276,6 @@ class Int8Scheme(MSDScheme):
                 stop = min(k, start + step)
                 packed = pack_int8_weight(layer.qweight[:, start:stop], layer.weight_scale[:, g], kernel)
                 self._segments[kernel].append((start, stop, packed))
-        self._bind_decode_step()
 
     def prepacked_bytes(self, layer: Any) -> int:
         """One byte per weight and prepacking backend (``int_mm`` runs on the stored weight: none)."""
