@@ -9,10 +9,10 @@ INT8 weights ``W̃ = q ⊙ s_w`` (per output channel, from ``W ~ N(0, 0.02²)``)
 * ``quantize_dynamic``: ``torch.ao.quantization.quantize_dynamic`` (per-channel qint8 weights re-quantized from W̃,
   one dynamic 8-bit activation pass), called as a module.
 
-The three are timed **interleaved** (rounds of ``calls`` calls of each, alternating), so load from other processes
-hits all alike; the table gives the medians over rounds, ``ratio = msd / quantize_dynamic`` per round (median, and
-its 10th-90th percentile as the spread), the same for ``msd_torch`` and each side's spread ``(max - min) / median``.
-The results record whether the compiled operator ran (``fused_decode_op``).
+The three are timed **interleaved** (rounds of ``calls`` calls of each, in a shuffled order per round), so load
+from other processes hits all alike; the table gives the medians over rounds, ``ratio = msd / quantize_dynamic``
+per round (median, and its 10th-90th percentile as the spread), the same for ``msd_torch`` and each side's spread
+``(max - min) / median``. The results record whether the compiled operator ran (``fused_decode_op``).
 
 ``--profile`` (M = 1, first shape) splits one call into parts, timed interleaved the same way: the fbgemm GEMM alone
 on the stacked 2-row input (``gemm_2row``) and on one row (``gemm_1row``), ``quantized::linear_dynamic`` alone
@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -86,14 +87,20 @@ def _layers_seeded(k: int, n: int, *, seed: int) -> tuple[MSDLinear, MSDLinear, 
 
 def interleaved(fns: dict[str, Any], *, rounds: int, calls: int, warmup: int = 3) -> dict[str, list[float]]:
     """Seconds per call of each function, one sample per round; within a round the functions run one after the
-    other (``calls`` calls each), so a load change hits every function of that round."""
+    other (``calls`` calls each), so a load change hits every function of that round, in an order shuffled per
+    round (seeded): with a fixed order, a function's position shifted its ratio to ``quantize_dynamic`` by up to
+    ~0.1-0.15 in 1-thread M = 1 runs (docs/msd-inference.md)."""
+    order = list(fns)
+    shuffle = random.Random(0).shuffle
     with torch.no_grad():
         for fn in fns.values():
             for _ in range(warmup):
                 fn()
         samples: dict[str, list[float]] = {name: [] for name in fns}
         for _ in range(rounds):
-            for name, fn in fns.items():
+            shuffle(order)
+            for name in order:
+                fn = fns[name]
                 start = time.perf_counter()
                 for _ in range(calls):
                     fn()
