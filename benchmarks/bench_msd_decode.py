@@ -172,6 +172,7 @@ def bench_stack(k: int, n: int, layers: int, threads: list[int], *, rounds: int)
             lo, hi = _quantiles(ratios)
             cell[f"{name}_ratio_median"] = statistics.median(ratios)
             cell[f"{name}_ratio_p10_p90"] = [lo, hi]
+        lo, hi = cell["msd_ratio_p10_p90"]
         out["threads"][str(th)] = cell
         print(
             f"  stack {layers} x {k}x{n} threads={th}: per layer msd {cell['msd_per_layer_ms']:.3f} ms, "
