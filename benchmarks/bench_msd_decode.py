@@ -88,8 +88,8 @@ def _layers_seeded(k: int, n: int, *, seed: int) -> tuple[MSDLinear, MSDLinear, 
 def interleaved(fns: dict[str, Any], *, rounds: int, calls: int, warmup: int = 3) -> dict[str, list[float]]:
     """Seconds per call of each function, one sample per round; within a round the functions run one after the
     other (``calls`` calls each), so a load change hits every function of that round, in an order shuffled per
-    round (seeded): with a fixed order, a function's position shifted its ratio to ``quantize_dynamic`` by up to
-    ~0.1-0.15 in 1-thread M = 1 runs (docs/msd-inference.md)."""
+    round (seeded): in a fixed order, two copies of one layer read 1.28x and 1.10x ``quantize_dynamic`` and 1.15x /
+    1.12x with their order swapped (1 thread, M = 1; docs/msd-inference.md)."""
     order = list(fns)
     shuffle = random.Random(0).shuffle
     with torch.no_grad():
