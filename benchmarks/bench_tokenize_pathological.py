@@ -16,9 +16,11 @@ compared with ``own``.
 
 Paired mode (``--paired ROUNDS``), for ratios to quote: each call (``--calls``, default ``default`` and ``lopt``)
 is timed against ``own`` alone, ``ROUNDS`` rounds of the two back to back (after one untimed round), the order
-reversed every other round; the row gives each median, the median of the per-round ratios and its 10th/90th
-percentiles (a round's two calls see the same load, so drift between rounds cancels). The load average at the
-start and end goes into the JSON (``tokenize_pathological_paired.json``, or ``--out``):
+shuffled every round (seeded; the alternating order favoured the first call, see ``interleaved``). The row gives
+each median, the median of the per-round ratios and its 10th/90th percentiles (a round's two calls see the same
+load, so drift between rounds cancels). Each result is kept only as an array, its list freed before the next
+call, so both calls start from the same memory state (``interleaved``'s ``keep``). The load average at the start
+and end goes into the JSON (``tokenize_pathological_paired.json``, or ``--out``):
 
     flock /tmp/lowbit-bench.lock .venv/bin/python benchmarks/bench_tokenize_pathological.py --paired 101 \\
         --tokenizers mistral-v1 --sizes 262144
@@ -187,11 +189,14 @@ def run_paired(names: list[str], kinds: list[str], sizes: list[int], calls: list
                 texts = inputs(n)
                 for kind in kinds:
                     text = texts[kind]
-                    ref = own(text)
+                    ref = np.asarray(own(text), dtype=np.int64)
                     for key in calls:
                         fn = fns[key]
                         pair = {"own": lambda own=own, t=text: own(t), key: lambda fn=fn, t=text: fn(t)}
-                        times, last = interleaved(pair, rounds)
+                        # results kept as arrays: no list of Python ints outlives its call (interleaved's keep)
+                        times, last = interleaved(
+                            pair, rounds, keep=lambda ids: np.asarray(ids, dtype=np.int64), shuffle_order=True
+                        )
                         ratios = np.asarray(times[key].samples) / np.asarray(times["own"].samples)
                         _, stats = (pt_default if key == "default" else pt_lopt).encode_with_stats(text)
                         row = {
@@ -202,7 +207,7 @@ def run_paired(names: list[str], kinds: list[str], sizes: list[int], calls: list
                             "paired_p90": float(np.percentile(ratios, 90)),
                             "own_timing": timing_summary(times["own"]), f"{key}_timing": timing_summary(times[key]),
                             "path": stats.path, "note": stats.note,
-                            "exact": last[key] == ref and last["own"] == ref,
+                            "exact": bool(np.array_equal(last[key], ref) and np.array_equal(last["own"], ref)),
                         }  # fmt: skip
                         rows.append(row)
                         print(
