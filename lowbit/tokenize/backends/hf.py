@@ -35,6 +35,7 @@ class HFBackend(Backend):
         self.tok = Tokenizer.from_str(tok.to_str())
         self.tok.no_padding()
         self.tok.no_truncation()
+        self._alnum_one_word = self._one_word_if_ascii_alnum()  # may_cut's shortcut applies (read once)
         self.source = source
         self.name = source.name if source else "tokenizers"
 
@@ -96,22 +97,16 @@ class HFBackend(Backend):
     def _one_word_if_ascii_alnum(self) -> bool:
         """Whether this pipeline leaves every ASCII letters-and-digits text one word: its normalizer (none, one of
         :attr:`ALNUM_KEEPING_NORMALIZERS` or a sequence of them) and its pre-tokenizer (one of
-        :attr:`ALNUM_KEEPING_PRE_TOKENIZERS`), read from the tokenizer's own JSON once."""
-        cached = getattr(self, "_alnum_one_word", None)
-        if cached is None:
-            import json
+        :attr:`ALNUM_KEEPING_PRE_TOKENIZERS`), read from their own JSON (not the whole tokenizer's: no vocabulary)."""
+        import json
 
-            spec = json.loads(self.tok.to_str())
-            norm = spec.get("normalizer")
-            norms = (
-                [] if norm is None else norm.get("normalizers", [norm]) if norm.get("type") == "Sequence" else [norm]
-            )
-            pre = spec.get("pre_tokenizer") or {}
-            cached = all(n.get("type") in self.ALNUM_KEEPING_NORMALIZERS for n in norms) and (
-                pre.get("type") in self.ALNUM_KEEPING_PRE_TOKENIZERS
-            )
-            self._alnum_one_word = cached
-        return cached
+        tok = self.tok
+        norm = None if tok.normalizer is None else json.loads(tok.normalizer.__getstate__())
+        norms = [] if norm is None else norm.get("normalizers", [norm]) if norm.get("type") == "Sequence" else [norm]
+        pre = {} if tok.pre_tokenizer is None else json.loads(tok.pre_tokenizer.__getstate__())
+        return all(n.get("type") in self.ALNUM_KEEPING_NORMALIZERS for n in norms) and (
+            pre.get("type") in self.ALNUM_KEEPING_PRE_TOKENIZERS
+        )
 
     def may_cut(self, window: str) -> bool:
         """A cut needs a word start at least ``edge_units`` from both ends of the window: the normalizer and the
@@ -129,7 +124,7 @@ class HFBackend(Backend):
         pre = self.tok.pre_tokenizer
         if pre is None:
             return False
-        if window.isascii() and window.isalnum() and self._one_word_if_ascii_alnum():
+        if self._alnum_one_word and window.isascii() and window.isalnum():
             return False
         norm = self.tok.normalizer.normalize_str(window) if self.tok.normalizer is not None else window
         edge = self.edge_units
