@@ -36,6 +36,7 @@ from lowbit.tokenize.lopt import (
 )
 from lowbit.tokenize.worker import encode_pieces, init_worker
 
+_frombuffer, _UINT32 = np.frombuffer, np.uint32  # module globals: read without an attribute lookup per call
 Strategy = Literal["auto", "direct", "processes", "threads", "inline", "executor"]
 ProgressFn = Callable[[int, int], None]
 
@@ -172,6 +173,9 @@ class ParallelTokenizer:
         )
         self._encode_list = self.backend.encode_list
         self._encode_ids = self.backend.ids_call()
+        # The backend's native flat call, made inline by encode_to_numpy (one Python frame, like a user's own call).
+        flat = self.backend.flat_call()
+        self._flat, self._flat_option = (None, False) if flat is None else flat
         self._fast_below = self._one_call_below  # the per-call test: -1 while verify is on or once closed
         self.verify = verify
 
@@ -221,9 +225,19 @@ class ParallelTokenizer:
         self, text: str, *, add_special_tokens: bool = False, on_progress: ProgressFn | None = None
     ) -> np.ndarray:
         """Like :meth:`encode`, as a ``uint32`` numpy array (no per-token Python objects)."""
-        # One test for threshold, verify and closed (``_fast_below``), the backend's call bound once (``ids_call``).
+        # One test for threshold, verify and closed (``_fast_below``). Below it, the backend's native flat call
+        # (``Backend.flat_call``, fastokens' ``encode_batch_flat``) is made right here, its options positional: this
+        # method is then the only Python frame, as in a user's own call; other backends' call is bound once
+        # (``ids_call``).
         if type(text) is str and len(text) < self._fast_below and not add_special_tokens:
-            ids = self._encode_ids(text)  # the backend's own fastest call, nothing around it
+            flat = self._flat
+            if flat is None:
+                ids = self._encode_ids(text)
+            else:
+                try:
+                    ids = _frombuffer(flat([text], False, self._flat_option)[0], _UINT32)
+                except UnicodeEncodeError:  # a lone surrogate: the backend's call repairs (tiktoken) or names it
+                    ids = self._encode_ids(text)
             if on_progress is not None:
                 on_progress(len(text), len(text))
             return ids

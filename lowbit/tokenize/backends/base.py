@@ -433,6 +433,17 @@ class Backend:
         return one with its attributes resolved in advance). Default: the bound method."""
         return self.encode_ids
 
+    def flat_call(self) -> tuple[Callable[[list[str], bool, bool], tuple[Any, Any]], bool] | None:
+        """A native batch call returning flat ``uint32`` ids, which the caller's per-call path makes inline (one
+        Python frame fewer than :meth:`ids_call`), or None where the backend has none (the default).
+
+        The protocol (fastokens' ``encode_batch_flat``, arguments positional): for ``(flat, option)``,
+        ``np.frombuffer(flat([text], False, option)[0], np.uint32)`` equals :meth:`encode_ids` ``(text)`` for every
+        ``str`` the library can encode as UTF-8; a text holding a lone surrogate raises ``UnicodeEncodeError``, and
+        the caller then calls :meth:`ids_call`, which repairs or names it. A backend with a check the flat call
+        skips (a refusal of special-token strings) returns None."""
+        return None
+
     def encode_chunks(self, pieces: Sequence[Piece], threads: int) -> list[ChunkEncoding]:
         """Encode each piece (with ``threads`` native threads where the library has them)."""
         raise NotImplementedError
