@@ -21,7 +21,10 @@ so that load drifts and call order hit every column alike; ratios are what to qu
   ``own``): the issue's targets are <= 1.05 and <= 1.00. A second loop times only these four calls, with more
   rounds (``overhead_rounds``: 301 at 16K, 41 at 1 MB, 7 at 16 MB), giving ``overhead_default_vs_base`` (ratio
   of medians) and ``default_vs_base_paired`` (median of the per-round ratios: each round's calls run back to
-  back, so a load change between rounds cancels), and the same for ``_np``;
+  back, so a load change between rounds cancels), and the same for ``_np``; ``*_paired_p10``/``_p90`` are the
+  10th/90th percentiles of those per-round ratios. The loop also times an A/A control: ``base_aa`` and
+  ``base_np_aa`` are the very same calls as ``base``/``base_np`` in separate lambdas, so ``aa_paired`` and
+  ``aa_np_paired`` (ideally 1) show how far this loop's order and noise alone move a ratio;
 - ``lopt``: ``ParallelTokenizer(tok, workers=W, backend="library", min_parallel_chars=0)``, LoPT over the library
   with its default strategy (processes for tiktoken, the native batch threads for HF and SentencePiece), and
   ``lopt_fastok`` (LoPT over fastokens' batch call); ``x_lopt`` = ``own / lopt``;
@@ -31,6 +34,14 @@ so that load drifts and call order hit every column alike; ratios are what to qu
 called the same way (transformers ``tok(text, return_offsets_mapping=True)`` through
 ``PreTrainedTokenizerFast(tokenizer_object=...)``, tiktoken ``encode_ordinary``, SentencePiece ``encode``), every
 output field compared (``x_wrapped`` = unwrapped / wrapped time: above 1 is faster than the library).
+
+``--overhead-only`` runs only that second loop (no ``own``/LoPT columns: minutes instead of the full run), for
+every tokenizer and ``--sizes``, written to ``tokenize_overhead`` unless ``--name`` says otherwise;
+``--overhead-scale K`` multiplies its rounds (e.g. ``--overhead-only --sizes 16 --overhead-scale 10``: 3010 rounds
+at 16K characters). Run
+
+    flock /tmp/lowbit-bench.lock .venv/bin/python benchmarks/bench_tokenize.py --overhead-only \
+        --tokenizers cl100k o200k qwen2 deepseek-v4 --sizes 16,256,1024,4096,16384
 
 ``--workers 1,2,4,8,16`` also times LoPT per backend at every worker count on one text per tokenizer and prints
 the parallel efficiency ``speedup / parallelism`` with ``speedup = t(1 worker) / t(w)`` and
@@ -143,9 +154,10 @@ def rounds_for(n_bytes: int) -> int:
     return 3 if n_bytes >= 4 * MB else 7 if n_bytes >= MB else 41 if n_bytes >= 256 * KB else 301
 
 
-def overhead_rounds(n_bytes: int) -> int:
-    """Rounds of the overhead loop (default path against its backend call only): 301 at 16K down to 7 at 16 MB."""
-    return 7 if n_bytes >= 16 * MB else 15 if n_bytes >= 4 * MB else 41 if n_bytes >= MB else 301
+def overhead_rounds(n_bytes: int, scale: int = 1) -> int:
+    """Rounds of the overhead loop (default path against its backend call only): 301 at 16K down to 7 at 16 MB,
+    times ``scale``."""
+    return scale * (7 if n_bytes >= 16 * MB else 15 if n_bytes >= 4 * MB else 41 if n_bytes >= MB else 301)
 
 
 def timing_summary(t: Timing) -> dict[str, Any]:
@@ -157,9 +169,61 @@ def timing_summary(t: Timing) -> dict[str, Any]:
     return d
 
 
-def paired(a: Timing, b: Timing) -> float:
-    """Median of the per-round ratios ``a / b`` (the two calls of a round ran back to back)."""
-    return float(np.median(np.asarray(a.samples) / np.asarray(b.samples)))
+def paired(a: Timing, b: Timing, q: float = 50) -> float:
+    """Median (or the ``q``-th percentile) of the per-round ratios ``a / b`` (a round's calls ran back to back)."""
+    return float(np.percentile(np.asarray(a.samples) / np.asarray(b.samples), q))
+
+
+def overhead(pt: ParallelTokenizer, own: Callable[[str], list[int]], text: str, rounds: int) -> dict[str, Any]:
+    """The overhead targets: ``pt``'s default path against the backend call it makes (``base``/``base_np``, on the
+    very fastokens object it holds; else the library's own call), with the A/A controls (module docstring).
+
+    Only these calls, alternating order, each fastokens call right after an untimed call on its own object; per
+    round the calls run back to back, so the paired ratios cancel the load's drift between rounds. Every result
+    is compared with ``own``."""
+    on_fast = isinstance(pt.backend, FastokensBackend)
+    fns: dict[str, Callable[[], Any]] = {
+        "default": lambda: pt.encode(text),
+        "default_np": lambda: pt.encode_to_numpy(text),
+    }
+    if on_fast:
+        fb, split = pt.backend.fast, pt.backend.ordinary
+        fns["base"] = lambda: fb.encode(text, split_special_tokens=split).ids
+        fns["base_np"] = lambda: np.frombuffer(fb.encode_batch_flat([text], split_special_tokens=split)[0], np.uint32)
+        fns["base_aa"] = lambda: fb.encode(text, split_special_tokens=split).ids
+        fns["base_np_aa"] = lambda: np.frombuffer(
+            fb.encode_batch_flat([text], split_special_tokens=split)[0], np.uint32
+        )
+    else:
+        fns["base"] = fns["base_np"] = lambda: own(text)
+        fns["base_aa"] = fns["base_np_aa"] = lambda: own(text)
+    order = ("base", "default", "base_np", "default_np", "base_aa", "base_np_aa")
+    times, out = interleaved(
+        {k: fns[k] for k in order},
+        rounds,
+        prime=frozenset(order) if on_fast else frozenset(),
+        keep=lambda ids: np.asarray(ids, dtype=np.uint32),
+    )
+    ref = np.asarray(own(text), dtype=np.uint32)
+    row: dict[str, Any] = {"overhead_rounds": rounds, "overhead_base": "fastokens" if on_fast else "own"}
+    for key, t in times.items():
+        row[f"overhead_{key}_timing"] = timing_summary(t)
+    row["overhead_default_vs_base"] = times["default"].median / times["base"].median
+    row["overhead_default_np_vs_base"] = times["default_np"].median / times["base_np"].median
+    for name, a, b in (
+        ("default_vs_base", "default", "base"),
+        ("default_np_vs_base", "default_np", "base_np"),
+        ("aa", "base_aa", "base"),
+        ("aa_np", "base_np_aa", "base_np"),
+    ):
+        row[f"{name}_paired"] = paired(times[a], times[b])
+        row[f"{name}_paired_p10"] = paired(times[a], times[b], 10)
+        row[f"{name}_paired_p90"] = paired(times[a], times[b], 90)
+        row[f"{name}_paired_diff_us"] = float(
+            np.median(np.asarray(times[a].samples) - np.asarray(times[b].samples)) * 1e6
+        )
+    row["overhead_exact"] = all(bool(np.array_equal(v, ref)) for v in out.values())
+    return row
 
 
 def own_call(loaded: Any) -> Callable[[str], list[int]]:
@@ -186,6 +250,21 @@ def fastokens_calls(loaded: Any) -> tuple[Callable[[str], list[int]], Callable[[
         lambda t: fast.encode(t, split_special_tokens=split).ids,
         lambda t: np.frombuffer(fast.encode_batch_flat([t], split_special_tokens=split)[0], np.uint32),
     )
+
+
+def bench_overhead_only(name: str, loaded: Any, n_bytes: int, workers: int, scale: int) -> dict[str, Any]:
+    """Only the overhead loop (:func:`overhead`) on prose of ``n_bytes``, ``overhead_rounds(n_bytes, scale)``
+    rounds."""
+    text = sized_text("prose", n_bytes)
+    row: dict[str, Any] = {"tokenizer": name, "library": loaded.kind, "text": "prose", "chars": len(text)}
+    row["MB"] = round(len(text.encode("utf-8")) / 1e6, 3)
+    with ParallelTokenizer(loaded, workers=workers) as pt:
+        row["default_backend"] = f"{pt.backend.name}/{pt.strategy}"
+        row.update(overhead(pt, own_call(loaded), text, overhead_rounds(n_bytes, scale)))
+    row["exact"] = {"overhead": row.pop("overhead_exact")}
+    for key in ("base", "default", "base_np", "default_np"):
+        row[f"{key}_s"] = row[f"overhead_{key}_timing"]["median_s"]
+    return row
 
 
 def bench_one(name: str, loaded: Any, kind: str, n_bytes: int, workers: int) -> dict[str, Any]:
@@ -223,12 +302,7 @@ def bench_one(name: str, loaded: Any, kind: str, n_bytes: int, workers: int) -> 
         pt_lopt_stats = out["lopt"][1]
         ref = np.asarray(out["own"], dtype=np.uint32)
         naive_ids, cuts = naive_encode(pt_lopt, text)
-        # The overhead targets: the default path against the backend call it makes, alone and with more rounds
-        # (the calls are short next to own/lopt; per-round pairs cancel the load's drift between rounds).
-        over = {k: fns[k] for k in ("base", "default", "base_np", "default_np") if k in fns}
-        if not on_fast:
-            over["base"] = over["base_np"] = fns["own"]
-        over_times, _ = interleaved(over, overhead_rounds(n_bytes), prime=frozenset(over) if on_fast else frozenset())
+        over_row = overhead(pt_default, own, text, overhead_rounds(n_bytes))
     if "lopt_fastok" in fns:
         pt_lf.close()
     row["tokens"] = len(ref)
@@ -242,13 +316,7 @@ def bench_one(name: str, loaded: Any, kind: str, n_bytes: int, workers: int) -> 
     row["default_vs_base"] = times["default"].median / base_list
     row["default_np_vs_base"] = times["default_np"].median / base_np
     row["rounds"] = repeats
-    row["overhead_rounds"] = overhead_rounds(n_bytes)
-    for key, t in over_times.items():
-        row[f"overhead_{key}_timing"] = timing_summary(t)
-    row["overhead_default_vs_base"] = over_times["default"].median / over_times["base"].median
-    row["overhead_default_np_vs_base"] = over_times["default_np"].median / over_times["base_np"].median
-    row["default_vs_base_paired"] = paired(over_times["default"], over_times["base"])
-    row["default_np_vs_base_paired"] = paired(over_times["default_np"], over_times["base_np"])
+    row.update(over_row)
     row["x_lopt"] = times["own"].median / times["lopt"].median
     row["lopt_path"] = pt_lopt_stats.path
     row["lopt_retries"] = pt_lopt_stats.merge.retries if pt_lopt_stats.merge else 0
@@ -258,6 +326,7 @@ def bench_one(name: str, loaded: Any, kind: str, n_bytes: int, workers: int) -> 
         "default": out["default"] == out["own"],
         "default_np": bool(np.array_equal(out["default_np"], ref)),
         "lopt": bool(np.array_equal(out["lopt"][0], ref)),
+        "overhead": row.pop("overhead_exact"),
     }
     if on_fast:
         exact["base"] = out["base"] == out["own"]
@@ -392,7 +461,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallelize", action="store_true", help="add the parallelize() section")
     parser.add_argument("--parallelize-only", action="store_true", help="only the parallelize() section")
     parser.add_argument("--name", default=None, help="results file name (default tokenize / tokenize_quick)")
+    parser.add_argument(
+        "--overhead-only", action="store_true", help="only the overhead loop with its A/A control (prose, --sizes)"
+    )
+    parser.add_argument("--overhead-scale", type=int, default=1, help="multiply the overhead loop's rounds")
     args = parser.parse_args(argv)
+    if args.overhead_scale < 1:
+        parser.error("--overhead-scale: expected a positive int")
+    if args.overhead_only:
+        return main_overhead(args, argv)
     grid = QUICK if args.quick else FULL
     names = args.tokenizers or list(grid)
     kinds = args.kinds or (["prose"] if args.quick else list(KINDS))
@@ -458,6 +535,54 @@ def main(argv: list[str] | None = None) -> int:
         and all(r.get("identical", True) for r in par)
     )
     return 0 if exact else 1
+
+
+def main_overhead(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``--overhead-only``: the overhead loop for every tokenizer and size, its table, and the results file."""
+    names = args.tokenizers or ["cl100k", "o200k", "qwen2", "deepseek-v4"]
+    sizes = [int(k) * KB for k in args.sizes.split(",")] if args.sizes else [16 * KB, 256 * KB, MB, 4 * MB, 16 * MB]
+    workers = 2
+    load_before, t0 = os.getloadavg(), time.perf_counter()
+    rows = []
+    for name in names:
+        loaded = load_tokenizer(name)
+        for size in sizes:
+            row = bench_overhead_only(name, loaded, size, workers, args.overhead_scale)
+            row["load_average_after"] = os.getloadavg()
+            rows.append(row)
+            print(
+                f"[{time.perf_counter() - t0:6.0f}s] {name} {row['MB']:.3f} MB ({row['overhead_rounds']} rounds): "
+                f"encode x{row['default_vs_base_paired']:.4f} (A/A {row['aa_paired']:.4f}), encode_to_numpy "
+                f"x{row['default_np_vs_base_paired']:.4f} (A/A {row['aa_np_paired']:.4f}); exact "
+                f"{row['exact']['overhead']}",
+                flush=True,
+            )
+    header = ["tokenizer", "MB", "rounds", "base s", "default s", "dflt/base", "A/A", "base_np s", "default_np s",
+              "np/base_np", "[p10, p90]", "A/A np", "[p10, p90]", "exact"]  # fmt: skip
+    table = [
+        [r["tokenizer"], r["MB"], r["overhead_rounds"], r["base_s"], r["default_s"], r["default_vs_base_paired"],
+         r["aa_paired"], r["base_np_s"], r["default_np_s"], r["default_np_vs_base_paired"],
+         f"[{r['default_np_vs_base_paired_p10']:.3f}, {r['default_np_vs_base_paired_p90']:.3f}]",
+         r["aa_np_paired"], f"[{r['aa_np_paired_p10']:.3f}, {r['aa_np_paired_p90']:.3f}]", r["exact"]["overhead"]]
+        for r in rows
+    ]  # fmt: skip
+    print_table(header, table)
+    path = write_results(
+        args.name or "tokenize_overhead",
+        {
+            "overhead_only": True,
+            "argv": sys.argv[1:] if argv is None else argv,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+            "workers": workers,
+            "usable_cores": usable_cores(),
+            "columns": header,
+            "rows": rows,
+            "table": table,
+        },
+    )
+    print(f"results written to {path}")
+    return 0 if all(r["exact"]["overhead"] for r in rows) else 1
 
 
 if __name__ == "__main__":
