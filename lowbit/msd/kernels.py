@@ -41,7 +41,10 @@ ratio 126) and one more pass runs, so the error bound ``M/(2·63·126^p)`` stays
 rows below ``~3.7e-37`` and float64 rows beyond float32's range give the reference's answer instead of 0 or
 NaN; huge or tiny weight scales are renormalised the same way at packing time.
 
-**Recombination** in float32: ``y = (Σ_i out_i / (2q)^(i-1)) / inv + bias``. ``float32(acc)`` rounds relative
+**Recombination** in float32: ``y = (out_1 + α_2·out_2 + ...) / inv + bias`` with ``α_i = float32((2q)^-(i-1))``,
+evaluated left to right, every product and sum rounded on its own (``out_i.mul_(α_i)`` then ``add_``: no fused
+multiply-add, whose single rounding the compiled decode operator could not reproduce portably, so every path
+gives the same bits). ``float32(acc)`` rounds relative
 ``2^-24``; the second component is ``≈ 2^-8`` of the first, so it keeps its 16 significant bits (checked: the
 two-pass result is ~250× more accurate than one pass, ``tests/msd/test_kernels.py``).
 
@@ -69,7 +72,9 @@ __all__ = [
     "AUTO_PREPACKED",
     "AUTO_SMALL_ROWS",
     "DECODE_MAX_ROWS",
+    "GEMV_MAX_ROWS",
     "MAX_K",
+    "FusedDecode",
     "Int8Packed",
     "available_int8_kernels",
     "choose_kernel",
@@ -91,6 +96,9 @@ MAX_K = (2**31 - 1) // (127 * 127)  # 133144: exact int32 accumulation
 # [measured, docs/msd-inference.md "Decode"] up to this many token rows msd_int8_linear runs _msd_int8_decode: one
 # host read of the row maxima, then ~10 torch ops (the general path runs ~70, about 0.3-0.6 ms at M = 1).
 DECODE_MAX_ROWS = 16
+# [measured, docs/msd-inference.md "Decode"] the compiled decode operator runs its own GEMV while comps·M is at most
+# this many activation rows, fbgemm's GEMM above.
+GEMV_MAX_ROWS = 6
 _DECODE_AMAX_LO, _DECODE_AMAX_HI = 2.0**-60, 2.0**60  # 1/max|x| and the products stay normal float32 numbers
 _F32 = struct.Struct("<f")
 
@@ -205,6 +213,8 @@ class Int8Packed:
     n: int
     k: int
     shift: int = 0
+    rows: torch.Tensor | None = None  # fbgemm: the stored int8 [N, K] itself (no copy), for the decode GEMV
+    row_sums: torch.Tensor | None = None  # fbgemm: Σ_k q[n, k] as int32 [N] (the GEMV's zero-point term)
 
 
 _SCALE_SAFE = 2.0**64  # kernel scales are renormalised by a power of two when max |s_w| leaves [2^-64, 2^64]
@@ -256,6 +266,7 @@ def pack_int8_weight(q: torch.Tensor, scale: torch.Tensor, kernel: str) -> Int8P
         return Int8Packed(kernel, q.t(), scale, n, k, shift)
     q = q.contiguous()
     if kernel == "fbgemm":
+        rows, row_sums = q, q.sum(dim=1, dtype=torch.int32)
         with warnings.catch_warnings():  # torch warns that quantized tensors are deprecated on every creation
             warnings.simplefilter("ignore", UserWarning)
             wq = torch._make_per_channel_quantized_tensor(
@@ -263,8 +274,8 @@ def pack_int8_weight(q: torch.Tensor, scale: torch.Tensor, kernel: str) -> Int8P
             )
         with _quantized_engine("x86" if "x86" in torch.backends.quantized.supported_engines else "fbgemm"):
             handle = torch.ops.quantized.linear_prepack(wq, None)
-    else:
-        handle = torch.ops.onednn.qlinear_prepack(q, None)
+        return Int8Packed(kernel, handle, scale, n, k, shift, rows, row_sums)
+    handle = torch.ops.onednn.qlinear_prepack(q, None)
     return Int8Packed(kernel, handle, scale, n, k, shift)
 
 
@@ -389,7 +400,7 @@ def msd_int8_linear(
     stacked: bool,
     bias: torch.Tensor | None = None,
     profile: Int8Profile | None = None,
-    fused: Callable[..., torch.Tensor] | None = None,
+    fused: FusedDecode | None = None,
 ) -> torch.Tensor:
     """MSD INT8 linear ``y = x · (q ⊙ s_w)ᵀ + bias`` for a floating ``x2 [M, K]``.
 
@@ -414,7 +425,19 @@ def msd_int8_linear(
     step = float(profile.step)
     if m <= DECODE_MAX_ROWS and len(weights) == 1 and first.shift == 0 and x2.dtype != torch.float64:
         if fused is not None and profile.kernel == "fbgemm":
-            y_fast = fused(x2, first.handle, comps, profile.qmax, profile.zero_point, bias)
+            y_fast = fused.op(
+                x2,
+                first.handle,
+                first.rows,
+                first.row_sums,
+                first.scale,
+                comps,
+                profile.qmax,
+                profile.zero_point,
+                bias,
+                fused.isa,
+                fused.gemv_max_rows,
+            )
             y_fast = y_fast if y_fast.dim() == 2 else None  # an empty [0] result: rows the general path handles
         else:
             y_fast = _msd_int8_decode(x2, first, comps, stacked=stacked, bias=bias, profile=profile)
@@ -433,7 +456,7 @@ def msd_int8_linear(
             parts = [gemm_with_profile(comp[i], packed, profile) for i in range(comps)]
         seg = parts[0]  # a fresh kernel output (or a row block of one): safe to update in place
         for i in range(1, comps):
-            seg.add_(parts[i], alpha=step ** (-i))
+            seg.add_(parts[i].mul_(_alpha_tensor(step, i)))  # module docstring: product, then sum
         if packed.shift != first.shift:
             seg.mul_(2.0 ** (packed.shift - first.shift))
         y = seg if y is None else y.add_(seg)
@@ -489,6 +512,17 @@ def _f32(v: float) -> float:
 
 
 @functools.cache
+def _alpha_tensor(step: float, i: int) -> torch.Tensor:
+    """``α_i = float32(step^-i)`` as a read-only float32 ``[1]`` tensor: ``out.mul_(α_i)`` is one float32 product
+    (the compiled operator multiplies by the same float32 value), without wrapping a scalar on every call.
+
+    >>> _alpha_tensor(254.0, 1).item() == _f32(1 / 254)
+    True
+    """
+    return torch.tensor([step ** (-i)], dtype=torch.float32)
+
+
+@functools.cache
 def _step_tensor(step: float) -> torch.Tensor:
     """A read-only float32 ``[1]`` tensor holding ``step`` (multiplying by it is the same float32 product as by
     the Python scalar, and skips the ~6 µs of wrapping a scalar on every call)."""
@@ -540,33 +574,79 @@ def _msd_int8_decode(
         parts = tuple(gemm_with_profile(a[i], packed, profile) for i in range(comps))
     y = parts[0]
     for i in range(1, comps):
-        y.add_(parts[i], alpha=step ** (-i))
+        y.add_(parts[i].mul_(_alpha_tensor(step, i)))
     if bias is None:
         return y.div_(inv)
     return torch.addcdiv(bias.to(torch.float32), y, inv)
 
 
+@dataclass(frozen=True)
+class FusedDecode:
+    """The compiled decode operator (:mod:`lowbit.msd.native`) and how it runs here.
+
+    Attributes:
+        op: ``lowbit_msd::decode``, bound (``op(x, packed.handle, packed.rows, packed.row_sums, packed.scale,
+            comps, qmax, zero_point, bias, isa, gemv_max_rows)``).
+        isa: the GEMV's instruction set (:data:`lowbit.msd.native.GEMV_ISAS`): the best this CPU runs.
+        gemv_max_rows: the GEMV runs while ``comps·M`` is at most this; fbgemm's GEMM above.
+    """
+
+    op: Callable[..., torch.Tensor]
+    isa: int
+    gemv_max_rows: int = GEMV_MAX_ROWS
+
+    def __call__(
+        self,
+        x2: torch.Tensor,
+        packed: Int8Packed,
+        comps: int,
+        profile: Int8Profile,
+        bias: torch.Tensor | None = None,
+        *,
+        isa: int | None = None,
+        gemv_max_rows: int | None = None,
+    ) -> torch.Tensor:
+        """The operator on an fbgemm-packed weight (for tests and benchmarks; layers call :attr:`op` directly).
+        Returns ``[M, N]`` float32, or an empty ``[0]`` tensor for rows the general path must handle."""
+        return self.op(
+            x2,
+            packed.handle,
+            packed.rows,
+            packed.row_sums,
+            packed.scale,
+            comps,
+            profile.qmax,
+            profile.zero_point,
+            bias,
+            self.isa if isa is None else isa,
+            self.gemv_max_rows if gemv_max_rows is None else gemv_max_rows,
+        )
+
+
 @functools.cache
-def fused_decode_op() -> tuple[Callable[..., torch.Tensor] | None, str]:
-    """The compiled decode operator (:mod:`lowbit.msd.native`) once it has passed a self-check here, and a line
-    saying what happened: ``(op, "loaded from ...")`` or ``(None, why not)``. Cached for the process.
+def fused_decode_op() -> tuple[FusedDecode | None, str]:
+    """The compiled decode operator once it has passed a self-check here, and a line saying what happened:
+    ``(FusedDecode, "loaded from ...")`` or ``(None, why not)``. Cached for the process.
 
     The self-check runs the operator and :func:`_msd_int8_decode` (the torch-call path) on a small fbgemm layer
-    (K = 203, N = 24; 1, 3 and 16 rows; float32, bfloat16 and float16; with and without a bias; rows of exact
-    ``.5`` ties and of tiny and huge values) and keeps the operator only if every output is bit-identical: a
-    compiler that fused or reassociated the float32 steps would be caught here, not give other results.
+    (K = 203, N = 27; 1, 3 and 16 rows; float32, bfloat16 and float16; with and without a bias; rows of exact
+    ``.5`` ties and of tiny and huge values), on fbgemm's GEMM and on the GEMV with every instruction set this
+    CPU runs, and keeps the operator only if every output is bit-identical: a compiler that fused or reassociated
+    the float32 steps, or a GEMV instruction path with a wrong sum, would be caught here, not give other results.
     """
     from lowbit.msd import native
 
     profile = int8_profile("fbgemm")
     if not isinstance(profile, Int8Profile):
         return None, f"the fbgemm kernel is not exact on this CPU ({profile})"
-    op = native.decode_fbgemm_op()
+    op = native.decode_op()
     status = native.decode_op_status()
-    if op is None:
+    isas = native.gemv_isas()
+    if op is None or not isas:
         return None, status.reason
+    fused = FusedDecode(op, isas[-1])
     gen = torch.Generator().manual_seed(0)
-    n, k = 24, 203
+    n, k = 27, 203
     q = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
     packed = pack_int8_weight(q, torch.rand(n, generator=gen) * 0.01 + 1e-3, "fbgemm")
     ties = torch.arange(k, dtype=torch.float32).remainder(9.0).sub(4.0).add(0.5)  # exact .5 ties at every scale
@@ -583,14 +663,17 @@ def fused_decode_op() -> tuple[Callable[..., torch.Tensor] | None, str]:
                 xd = x.to(dtype) if x is not extreme else x
                 for bias in (None, torch.randn(n, generator=gen)):
                     want = _msd_int8_decode(xd, packed, comps, stacked=True, bias=bias, profile=profile)
-                    got = op(xd, packed.handle, comps, profile.qmax, profile.zero_point, bias)
-                    same = got.dim() == 1 if want is None else got.dim() == 2 and torch.equal(want, got)
-                    if not same:
-                        return None, (
-                            f"the compiled operator in {status.build_dir} failed its self-check (M={x.shape[0]}, "
-                            f"{dtype}, bias={bias is not None}): its output differs from the torch-call path"
-                        )
-    return op, status.reason
+                    for isa, rows in [(isas[-1], 0), *((i, 8 * DECODE_MAX_ROWS) for i in isas)]:
+                        got = fused(xd, packed, comps, profile, bias, isa=isa, gemv_max_rows=rows)
+                        same = got.dim() == 1 if want is None else got.dim() == 2 and torch.equal(want, got)
+                        if not same:
+                            path = "fbgemm" if rows == 0 else f"the {native.GEMV_ISAS[isa]} GEMV"
+                            return None, (
+                                f"the compiled operator in {status.build_dir} failed its self-check on {path} "
+                                f"(M={x.shape[0]}, {dtype}, bias={bias is not None}): its output differs from "
+                                "the torch-call path"
+                            )
+    return fused, f"{status.reason}; GEMV on {native.GEMV_ISAS[fused.isa]}"
 
 
 def _apply_exponents(y: torch.Tensor, exponents: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:

@@ -2,9 +2,11 @@
 
 At decode (``M <= 16`` token rows) an INT8 MSD linear is bound by streaming the weight once; the dozen small torch
 calls around the GEMM (row maximum, the components, the recombination) cost ~0.1-0.2 ms of Python and dispatch
-per layer, 10-30 % of a 4096 x 4096 layer. ``lowbit_msd::decode_fbgemm`` does the same float32 operations in
-C++ around the same fbgemm GEMM and returns the same bits (``tests/msd/test_native.py``; the rule is in the
-source's header comment).
+per layer, 10-30 % of a 4096 x 4096 layer. ``lowbit_msd::decode`` does the same float32 operations in C++ and
+returns the same bits (``tests/msd/test_native.py``; the rule is in the source's header comment). For a few
+activation rows (``comps·M <= gemv_max_rows``) it multiplies with its own INT8 GEMV over the stored row-major
+weight, which reads each weight row once for all components (AVX-512 VNNI, AVX2 or portable C++, chosen at run
+time; all three give the same int32 sums); above that, with fbgemm's GEMM on the prepacked weight.
 
 It is compiled on first use with torch's own extension builder (``torch.utils.cpp_extension.load``: a C++
 compiler and ``ninja``, a dependency of lowbit), once per source, torch and Python version, into
@@ -34,7 +36,10 @@ import torch
 SOURCE = Path(__file__).resolve().parent / "csrc" / "msd_decode.cpp"
 # -ffp-contract=off: no fused multiply-add (GCC contracts a*b+c by default in GNU mode); no -ffast-math, no
 # -march: every float32 operation stays one IEEE operation, as in the torch path.
-CFLAGS = ("-O3", "-ffp-contract=off", "-fno-fast-math")
+CFLAGS = ("-O3", "-ffp-contract=off", "-fno-fast-math", "-fopenmp")
+# -fopenmp: at::parallel_for is inlined from ATen's headers and runs on OpenMP only when the caller is compiled with
+# it; the library links libgomp.so.1, which resolves to the copy torch has already loaded (one thread pool).
+LDFLAGS = ("-fopenmp",)
 _LOG = logging.getLogger(__name__)
 
 
@@ -71,7 +76,7 @@ def extension_name() -> str:
     changed source or an upgraded torch builds a fresh library instead of loading a stale one."""
     digest = hashlib.sha256()
     digest.update(SOURCE.read_bytes())
-    digest.update(" ".join(CFLAGS).encode())
+    digest.update(" ".join(CFLAGS + LDFLAGS).encode())
     digest.update(f"{torch.__version__}|{sys.version_info[:2]}|{torch.compiled_with_cxx11_abi()}".encode())
     return f"lowbit_msd_decode_{digest.hexdigest()[:16]}"
 
@@ -107,7 +112,7 @@ def decode_op_status() -> NativeStatus:
         build_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         return NativeStatus(False, f"cannot create the build directory: {err}", None)
-    if hasattr(torch.ops, "lowbit_msd") and hasattr(torch.ops.lowbit_msd, "decode_fbgemm"):
+    if hasattr(torch.ops, "lowbit_msd") and hasattr(torch.ops.lowbit_msd, "decode"):
         return NativeStatus(True, "already loaded in this process", str(build_dir))
     built = any(build_dir.glob(f"{name}*.so"))
     if not built:
@@ -123,6 +128,7 @@ def decode_op_status() -> NativeStatus:
                 name=name,
                 sources=[str(SOURCE)],
                 extra_cflags=list(CFLAGS),
+                extra_ldflags=list(LDFLAGS),
                 build_directory=str(build_dir),
                 is_python_module=False,
                 verbose=False,
@@ -133,10 +139,34 @@ def decode_op_status() -> NativeStatus:
     return NativeStatus(True, f"built in {build_dir}" if not built else f"loaded from {build_dir}", str(build_dir))
 
 
-def decode_fbgemm_op() -> Callable[..., Any] | None:
-    """The bound ``torch.ops.lowbit_msd.decode_fbgemm`` operator (the C++ callable, skipping the Python overload
+def _bound(name: str) -> Callable[..., Any] | None:
+    """The bound ``torch.ops.lowbit_msd.<name>`` operator (the C++ callable, skipping the Python overload
     wrapper's ~10 µs), or None when :func:`decode_op_status` says it is unavailable."""
     if not decode_op_status().available:
         return None
-    overload = torch.ops.lowbit_msd.decode_fbgemm.default
+    overload = getattr(torch.ops.lowbit_msd, name).default
     return getattr(overload, "_op", overload)
+
+
+def decode_op() -> Callable[..., Any] | None:
+    """``lowbit_msd::decode(x, packed, rows, row_sums, scale, comps, qmax, zero_point, bias, isa, gemv_max_rows)``:
+    the whole decode step (the rule is in the source's header comment), or None where unavailable."""
+    return _bound("decode")
+
+
+def gemv_int8_op() -> Callable[..., Any] | None:
+    """``lowbit_msd::gemv_int8(a, rows, row_sums, scale, zero_point, isa)``: ``float32(float32(Σ (a - zp)·q) ·
+    scale)`` per activation row of ``a`` (uint8 ``[R, K]``) and weight row of ``rows`` (int8 ``[N, K]``), the
+    decode operator's GEMV alone (for tests and benchmarks), or None where unavailable."""
+    return _bound("gemv_int8")
+
+
+GEMV_ISAS = {0: "portable", 1: "avx2", 2: "avx512_vnni"}
+
+
+def gemv_isas() -> tuple[int, ...]:
+    """The GEMV instruction sets this CPU runs (codes of :data:`GEMV_ISAS`, lowest first; empty where the operator
+    is unavailable). Every one gives the same integer sums."""
+    if not decode_op_status().available:
+        return ()
+    return tuple(range(int(torch.ops.lowbit_msd.gemv_max_isa()) + 1))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -33,6 +32,7 @@ from lowbit.msd.config import MSDConfig
 from lowbit.msd.isa import Int8Profile
 from lowbit.msd.kernels import (
     DECODE_MAX_ROWS,
+    FusedDecode,
     Int8Packed,
     choose_kernel,
     fused_decode_op,
@@ -194,7 +194,7 @@ class Int8Scheme(MSDScheme):
     def __init__(self, config: MSDConfig) -> None:
         super().__init__(config)
         self._segments: dict[str, list[tuple[int, int, Int8Packed]]] = {}
-        self._fused: Callable[..., torch.Tensor] | None = None
+        self._fused: FusedDecode | None = None
         self._fused_resolved = not self._wants_fused()
         if config.decode_op == "fused":
             if "fbgemm" not in (p.kernel for p in self._kernels):

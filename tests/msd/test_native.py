@@ -89,8 +89,9 @@ def test_rows_the_operator_declines_run_the_general_path() -> None:
     op, _ = kn.fused_decode_op()
     assert op is not None
     packed = fused._scheme._segments["fbgemm"][0][2]
-    declined = op(x, packed.handle, 2, FBGEMM.qmax, FBGEMM.zero_point, None)
-    assert declined.shape == (0,)  # the operator's "run the general path" answer
+    for rows in (0, 64):  # fbgemm and the GEMV
+        declined = op(x, packed, 2, FBGEMM, None, gemv_max_rows=rows)
+        assert declined.shape == (0,)  # the operator's "run the general path" answer
 
 
 @needs_fbgemm
@@ -99,12 +100,32 @@ def test_operator_rejects_bad_arguments() -> None:
     op, _ = kn.fused_decode_op()
     assert op is not None
     packed = pack_int8_weight(torch.ones(4, 8, dtype=torch.int8), torch.ones(4), "fbgemm")
+    h, rows, sums, scale = packed.handle, packed.rows, packed.row_sums, packed.scale
+
+    def call(x, comps=2, qmax=127, zp=128, isa=op.isa, gemv=64, rows=rows, sums=sums, bias=None):
+        return op.op(x, h, rows, sums, scale, comps, qmax, zp, bias, isa, gemv)
+
     with pytest.raises(RuntimeError, match="must be \\[M, K\\]"):
-        op(torch.ones(8), packed.handle, 2, 127, 128, None)
+        call(torch.ones(8))
     with pytest.raises(RuntimeError, match="comps must be"):
-        op(torch.ones(1, 8), packed.handle, 0, 127, 128, None)
+        call(torch.ones(1, 8), comps=0)
     with pytest.raises(RuntimeError, match="qmax must be"):
-        op(torch.ones(1, 8), packed.handle, 2, 200, 128, None)
+        call(torch.ones(1, 8), qmax=200)
+    with pytest.raises(RuntimeError, match="zero_point 300 does not keep"):
+        call(torch.ones(1, 8), zp=300)
+    with pytest.raises(RuntimeError, match="isa must be 0"):
+        call(torch.ones(1, 8), isa=3)
+    with pytest.raises(RuntimeError, match="rows has K=8, the activations K=9"):
+        call(torch.ones(1, 9))
+    with pytest.raises(RuntimeError, match="row_sums must be"):
+        call(torch.ones(1, 8), sums=sums[:3])
+    with pytest.raises(RuntimeError, match="rows must be a contiguous int8"):
+        call(torch.ones(1, 8), rows=rows.float())
+    with pytest.raises(RuntimeError, match="bias has 3 entries, N=4"):
+        call(torch.ones(1, 8), bias=torch.ones(3))
+    if max(native.gemv_isas()) < 2:
+        with pytest.raises(RuntimeError, match="not supported by this CPU"):
+            call(torch.ones(1, 8), isa=2)
 
 
 @needs_fbgemm
@@ -205,3 +226,116 @@ def test_layers_pickle_and_copy_after_a_fused_decode() -> None:
     with torch.no_grad():
         assert torch.equal(loaded(x), y)
         assert torch.equal(copy.deepcopy(layer)(x), y)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the GEMV of the decode operator, on every instruction set this CPU runs
+# ---------------------------------------------------------------------------------------------------------------
+
+GEMV_ISAS = native.gemv_isas() if HAS_COMPILER else ()
+needs_gemv = pytest.mark.skipif(not GEMV_ISAS, reason="the compiled operator is unavailable")
+
+
+def _gemv_reference(a: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zp: int) -> torch.Tensor:
+    """``float32(float32(Σ (a - zp)·q) · scale)`` with the sums in int64 (exact, no int8 kernel involved)."""
+    sums = (a.to(torch.int64) - zp) @ q.to(torch.int64).t()
+    return sums.to(torch.float32) * scale
+
+
+@needs_gemv
+@pytest.mark.parametrize("isa", GEMV_ISAS, ids=lambda i: native.GEMV_ISAS[i])
+@pytest.mark.parametrize(("r", "k", "n"), [(1, 1, 1), (2, 7, 3), (3, 63, 5), (4, 64, 4), (5, 65, 9), (9, 203, 67)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gemv_sums_are_exact_on_every_isa(isa: int, r: int, k: int, n: int, threads: int) -> None:
+    gen = torch.Generator().manual_seed(r * 1000 + k)
+    q = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
+    q[0] = 127  # extreme rows: all +127 or all -127 weights against all-255 / all-1 activations
+    if n > 1:
+        q[1] = -127
+    a = torch.randint(0, 256, (r, k), generator=gen, dtype=torch.uint8)
+    a[0] = 255
+    scale = torch.rand(n, generator=gen) * 1e-3 + 1e-6
+    gemv = native.gemv_int8_op()
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = gemv(a, q, q.sum(1, dtype=torch.int32), scale, 128, isa)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(got, _gemv_reference(a, q, scale, 128))
+
+
+@needs_gemv
+@pytest.mark.parametrize("isa", GEMV_ISAS, ids=lambda i: native.GEMV_ISAS[i])
+def test_gemv_sums_wrap_exactly_at_the_longest_k(isa: int) -> None:
+    """At K = MAX_K the raw sum Σ u·q (u up to 255) leaves int32; the result Σ (u - 128)·q does not, and the
+    wrapping 32-bit arithmetic gives it exactly."""
+    k = kn.MAX_K
+    q = torch.full((3, k), 127, dtype=torch.int8)
+    q[1] = -127
+    q[2, ::2] = -127
+    a = torch.full((2, k), 255, dtype=torch.uint8)
+    a[1] = 1  # u - 128 = -127
+    scale = torch.ones(3)
+    got = native.gemv_int8_op()(a, q, q.sum(1, dtype=torch.int32), scale, 128, isa)
+    want = _gemv_reference(a, q, scale, 128)
+    assert torch.equal(got, want)
+    assert float(want.abs().max()) == float(torch.tensor(127 * 127 * k, dtype=torch.float32))
+
+
+@needs_fbgemm
+@needs_gemv
+@pytest.mark.parametrize("k", [203, 4099])
+def test_gemv_matches_fbgemm_bit_for_bit(k: int) -> None:
+    """The GEMV's epilogue is fbgemm's: ``float32(sum)`` rounds once sums beyond 2^24 (K = 4099 with full-range
+    components reaches ~6.6e7), then one float32 product with the channel scale."""
+    gen = torch.Generator().manual_seed(k)
+    n = 37
+    q = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
+    q[:4] = 127
+    packed = pack_int8_weight(q, torch.rand(n, generator=gen) * 0.01 + 1e-4, "fbgemm")
+    c = torch.randint(-FBGEMM.qmax, FBGEMM.qmax + 1, (4, k), generator=gen).to(torch.float32)
+    c[0] = FBGEMM.qmax
+    want = kn.gemm_with_profile(c, packed, FBGEMM)
+    sums = c[:1].to(torch.int64) @ q[:4].to(torch.int64).t()
+    assert int(sums.abs().min()) > 2**24 or k < 1000  # float32(sum) rounds here
+    a = (c + FBGEMM.zero_point).to(torch.uint8)
+    for isa in GEMV_ISAS:
+        got = native.gemv_int8_op()(a, packed.rows, packed.row_sums, packed.scale, FBGEMM.zero_point, isa)
+        assert torch.equal(got, want), native.GEMV_ISAS[isa]
+
+
+@needs_fbgemm
+@needs_gemv
+@pytest.mark.parametrize("isa", GEMV_ISAS, ids=lambda i: native.GEMV_ISAS[i])
+def test_decode_on_every_gemv_isa_gives_the_torch_path_bits(isa: int) -> None:
+    fused, plain = _layers(1000, 70, bias=True, passes=2, seed=5)
+    op, _ = kn.fused_decode_op()
+    assert op is not None
+    packed = fused._scheme._segments["fbgemm"][0][2]
+    gen = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for m in (1, 2, 3, 8):
+            x = torch.randn(m, 1000, generator=gen) * torch.logspace(-2, 2, m).unsqueeze(1)
+            want = plain(x)
+            for rows in (0, 64):
+                got = op(x, packed, FBGEMM.passes_for(2), FBGEMM, fused.bias, isa=isa, gemv_max_rows=rows)
+                assert torch.equal(got, want), (m, rows)
+
+
+@needs_fbgemm
+@needs_gemv
+def test_layers_run_the_gemv_at_decode_and_fbgemm_above() -> None:
+    """Which kernel runs is visible in the profiler: the GEMV adds no fbgemm call for comps·M <= GEMV_MAX_ROWS."""
+    from torch.profiler import profile
+
+    fused, plain = _layers(256, 32, bias=False)
+    comps = FBGEMM.passes_for(2)
+    for m, fbgemm_calls in ((1, 0), (kn.GEMV_MAX_ROWS // comps + 1, 1)):
+        x = torch.randn(m, 256)
+        with profile() as prof, torch.no_grad():
+            got = fused(x)
+        names = [e.key for e in prof.key_averages()]
+        assert sum("linear_with_input_q_dq" in name for name in names) == fbgemm_calls, names
+        with torch.no_grad():
+            assert torch.equal(got, plain(x))
