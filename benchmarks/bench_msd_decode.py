@@ -16,14 +16,15 @@ per round (median, and its 10th-90th percentile as the spread), the same for ``m
 
 ``--profile`` (M = 1, first shape) splits one call into parts, timed interleaved the same way: the fbgemm GEMM alone
 on the stacked 2-row input (``gemm_2row``) and on one row (``gemm_1row``), ``quantized::linear_dynamic`` alone
-(``qd_op``), the torch-call decode function without the module wrapper (``decode_fn``), the compiled operator
-alone (``fused_op``, where it loads); and records ``torch.profiler``'s
-self CPU time per op for both modules. ``--kernels`` times the GEMM alone per backend (fbgemm, onednn, int_mm on
-the stored weight) for 2-2048 rows (the ``kernel="auto"`` crossover). ``--memory`` builds layers in subprocesses and
-records the resident-memory growth per layer for each ``kernel`` setting. ``--stack L`` times M = 1 through ``L``
-distinct layers per setup (``--stack-shape KxN``, default 4096x4096), one pass per round, interleaved: a
-single layer called again and again is partly served from the last-level cache (300 MiB of L3 on the machine
-of the quoted runs), a model's decode step is not.
+(``qd_op``), the torch-call decode function without the module wrapper (``decode_fn``), the compiled operator alone
+(``fused_op``, where it loads; at M = 1 it runs its own GEMV), the same forced onto fbgemm's GEMM
+(``fused_op_fbgemm``) and the operator's GEMV alone on the stacked rows (``gemv_2row``); and records
+``torch.profiler``'s self CPU time per op for both modules. ``--kernels`` times the GEMM alone per backend (fbgemm,
+onednn, int_mm on the stored weight) for 2-2048 rows (the ``kernel="auto"`` crossover). ``--memory`` builds layers
+in subprocesses and records the resident-memory growth per layer for each ``kernel`` setting. ``--stack L`` times M
+= 1 through ``L`` distinct layers per setup (``--stack-shape KxN``, default 4096x4096), one pass per round,
+interleaved: a single layer called again and again is partly served from the last-level cache (300 MiB of L3 on the
+machine of the quoted runs), a model's decode step is not.
 
     flock /tmp/lowbit-bench.lock .venv/bin/python benchmarks/bench_msd_decode.py [--quick] [--profile] \
         [--kernels] [--memory] [--stack LAYERS [--stack-shape KxN]] [--threads 1,2] [--name NAME]
@@ -54,6 +55,7 @@ sys.path.insert(0, str(Path(os.environ.get("LOWBIT_BENCH_SRC", Path(__file__).re
 from _harness import print_table, write_results
 
 from lowbit.msd import kernels as msd_kernels
+from lowbit.msd import native
 from lowbit.msd.config import MSDConfig
 from lowbit.msd.linear import MSDLinear
 
@@ -201,7 +203,13 @@ def profile_decode(msd: MSDLinear, qd: nn.Module, *, rounds: int) -> dict[str, A
         "decode_fn": lambda: msd_kernels._msd_int8_decode(x, packed, comps, stacked=True, bias=None, profile=profile),
     }
     if fused is not None:
-        fns["fused_op"] = lambda: fused(x, packed.handle, comps, profile.qmax, profile.zero_point, None)
+        fns["fused_op"] = lambda: fused(x, packed, comps, profile, None)
+        fns["fused_op_fbgemm"] = lambda: fused(x, packed, comps, profile, None, gemv_max_rows=0)
+        gemv = native.gemv_int8_op()
+        a_u8 = a.to(torch.int32).add_(profile.zero_point).to(torch.uint8) if a.dtype != torch.uint8 else a
+        fns[f"gemv_{comps}row"] = lambda: gemv(
+            a_u8, packed.rows, packed.row_sums, packed.scale, profile.zero_point, fused.isa
+        )
     fns |= {
         f"gemm_{comps}row": lambda: msd_kernels.gemm_with_profile(a, packed, profile),
         "gemm_1row": lambda: msd_kernels.gemm_with_profile(a1, packed, profile),
@@ -216,6 +224,15 @@ def profile_decode(msd: MSDLinear, qd: nn.Module, *, rounds: int) -> dict[str, A
         "decode_ops_outside_gemm_s": med["decode_fn"] - med[f"gemm_{comps}row"],
         "qd_outside_op_s": med["quantize_dynamic"] - med["qd_op"],
         **({"fused_op_outside_gemm_s": med["fused_op"] - med[f"gemm_{comps}row"]} if "fused_op" in med else {}),
+        **(
+            {
+                "fused_op_outside_gemv_s": med["fused_op"] - med[f"gemv_{comps}row"],
+                "gemv_stacked_over_qd_op": med[f"gemv_{comps}row"] / med["qd_op"],
+                "gemv_stacked_over_gemm_stacked": med[f"gemv_{comps}row"] / med[f"gemm_{comps}row"],
+            }
+            if "fused_op" in med
+            else {}
+        ),
         "gemm_stacked_over_qd_op": med[f"gemm_{comps}row"] / med["qd_op"],
         "gemm_stacked_over_gemm_1row": med[f"gemm_{comps}row"] / med["gemm_1row"],
     }

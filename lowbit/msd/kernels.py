@@ -96,9 +96,11 @@ MAX_K = (2**31 - 1) // (127 * 127)  # 133144: exact int32 accumulation
 # [measured, docs/msd-inference.md "Decode"] up to this many token rows msd_int8_linear runs _msd_int8_decode: one
 # host read of the row maxima, then ~10 torch ops (the general path runs ~70, about 0.3-0.6 ms at M = 1).
 DECODE_MAX_ROWS = 16
-# [measured, docs/msd-inference.md "Decode"] the compiled decode operator runs its own GEMV while comps·M is at most
-# this many activation rows, fbgemm's GEMM above.
-GEMV_MAX_ROWS = 6
+# [measured, docs/msd-inference.md "The operator's own GEMV"] the compiled decode operator runs its own GEMV while
+# comps·M is at most this many activation rows, fbgemm's GEMM above, per GEMV instruction set
+# (lowbit.msd.native.GEMV_ISAS): AVX-512 VNNI up to 6 rows (M <= 3 at two passes), AVX2 up to 3 (M = 1 with the
+# three 7-bit components of CPUs without VNNI; 6 rows took 1.1x fbgemm there), the portable loop never.
+GEMV_MAX_ROWS = {2: 6, 1: 3, 0: 0}
 _DECODE_AMAX_LO, _DECODE_AMAX_HI = 2.0**-60, 2.0**60  # 1/max|x| and the products stay normal float32 numbers
 _F32 = struct.Struct("<f")
 
@@ -588,12 +590,13 @@ class FusedDecode:
         op: ``lowbit_msd::decode``, bound (``op(x, packed.handle, packed.rows, packed.row_sums, packed.scale,
             comps, qmax, zero_point, bias, isa, gemv_max_rows)``).
         isa: the GEMV's instruction set (:data:`lowbit.msd.native.GEMV_ISAS`): the best this CPU runs.
-        gemv_max_rows: the GEMV runs while ``comps·M`` is at most this; fbgemm's GEMM above.
+        gemv_max_rows: the GEMV runs while ``comps·M`` is at most this; fbgemm's GEMM above
+            (``GEMV_MAX_ROWS[isa]``).
     """
 
     op: Callable[..., torch.Tensor]
     isa: int
-    gemv_max_rows: int = GEMV_MAX_ROWS
+    gemv_max_rows: int
 
     def __call__(
         self,
@@ -644,7 +647,7 @@ def fused_decode_op() -> tuple[FusedDecode | None, str]:
     isas = native.gemv_isas()
     if op is None or not isas:
         return None, status.reason
-    fused = FusedDecode(op, isas[-1])
+    fused = FusedDecode(op, isas[-1], GEMV_MAX_ROWS[isas[-1]])
     gen = torch.Generator().manual_seed(0)
     n, k = 27, 203
     q = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)

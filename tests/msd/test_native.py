@@ -246,23 +246,25 @@ def _gemv_reference(a: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zp: i
 @pytest.mark.parametrize("isa", GEMV_ISAS, ids=lambda i: native.GEMV_ISAS[i])
 @pytest.mark.parametrize(("r", "k", "n"), [(1, 1, 1), (2, 7, 3), (3, 63, 5), (4, 64, 4), (5, 65, 9), (9, 203, 67)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_gemv_sums_are_exact_on_every_isa(isa: int, r: int, k: int, n: int, threads: int) -> None:
+@pytest.mark.parametrize("top", [255, 127], ids=["u8", "u7"])  # u7: the AVX2 kernel's vpmaddubsw path
+def test_gemv_sums_are_exact_on_every_isa(isa: int, r: int, k: int, n: int, threads: int, top: int) -> None:
     gen = torch.Generator().manual_seed(r * 1000 + k)
     q = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
     q[0] = 127  # extreme rows: all +127 or all -127 weights against all-255 / all-1 activations
     if n > 1:
         q[1] = -127
-    a = torch.randint(0, 256, (r, k), generator=gen, dtype=torch.uint8)
-    a[0] = 255
+    a = torch.randint(0, top + 1, (r, k), generator=gen, dtype=torch.uint8)
+    a[0] = top
+    q[0, ::3] = -128  # int8's most negative value: still no saturation in any kernel
     scale = torch.rand(n, generator=gen) * 1e-3 + 1e-6
     gemv = native.gemv_int8_op()
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        got = gemv(a, q, q.sum(1, dtype=torch.int32), scale, 128, isa)
+        got = gemv(a, q, q.sum(1, dtype=torch.int32), scale, top // 2 + 1, isa)
     finally:
         torch.set_num_threads(old)
-    assert torch.equal(got, _gemv_reference(a, q, scale, 128))
+    assert torch.equal(got, _gemv_reference(a, q, scale, top // 2 + 1))
 
 
 @needs_gemv
@@ -326,12 +328,14 @@ def test_decode_on_every_gemv_isa_gives_the_torch_path_bits(isa: int) -> None:
 @needs_fbgemm
 @needs_gemv
 def test_layers_run_the_gemv_at_decode_and_fbgemm_above() -> None:
-    """Which kernel runs is visible in the profiler: the GEMV adds no fbgemm call for comps·M <= GEMV_MAX_ROWS."""
+    """Which kernel runs is visible in the profiler: the GEMV adds no fbgemm call for comps·M <= gemv_max_rows."""
     from torch.profiler import profile
 
     fused, plain = _layers(256, 32, bias=False)
     comps = FBGEMM.passes_for(2)
-    for m, fbgemm_calls in ((1, 0), (kn.GEMV_MAX_ROWS // comps + 1, 1)):
+    op, _ = kn.fused_decode_op()
+    assert op is not None and op.gemv_max_rows == kn.GEMV_MAX_ROWS[op.isa] >= comps
+    for m, fbgemm_calls in ((1, 0), (op.gemv_max_rows // comps + 1, 1)):
         x = torch.randn(m, 256)
         with profile() as prof, torch.no_grad():
             got = fused(x)

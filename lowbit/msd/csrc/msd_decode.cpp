@@ -20,8 +20,9 @@
 //   but costs ~1.1x its 1-row time with 2 rows). Activations enter as u = c + zero_point in [0, 255]; the sum is
 //   Σ u·q - zero_point·Σ q (`row_sums`), in wrapping 32-bit arithmetic, exact because the true result fits int32
 //   (|c|, |q| <= 127, K <= 133144). `isa` picks the instructions: 2 = AVX-512 VNNI (vpdpbusd adds each u8·s8
-//   product straight into an int32 lane: no saturation), 1 = AVX2 (both operands widened to int16, vpmaddwd:
-//   no saturation either), 0 = portable C++. All three give identical sums; the epilogue is shared C++.
+//   product straight into an int32 lane: no saturation), 1 = AVX2 (vpmaddubsw when every u <= 127, the 7-bit
+//   components CPUs without VNNI use, whose int16 pair sums then stay below 2^15; otherwise both operands
+//   widened to int16 first, then vpmaddwd), 0 = portable C++. All give identical sums; the epilogue is shared.
 // * otherwise fbgemm's quantized::linear_with_input_q_dq_qweight_dq_output_fp32 on the packed weight, with the
 //   components as integer-valued float32 (its float output is float32(float32(sum) · scale), the same o_i).
 #include <torch/extension.h>
@@ -107,26 +108,77 @@ __attribute__((target("avx2"))) inline int32_t hsum_avx2(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
+// sums[r·ld] = the lanes of acc[r] plus the products of columns [kfull, k) (wrapping 32-bit arithmetic)
+template <int G>
+__attribute__((target("avx2"))) void finish_avx2(const __m256i* acc, const uint8_t* a, const int8_t* wn, int64_t k,
+                                                 int64_t kfull, int32_t* sums, int64_t ld) {
+  for (int r = 0; r < G; ++r) {
+    uint32_t s = static_cast<uint32_t>(hsum_avx2(acc[r]));
+    for (int64_t kk = kfull; kk < k; ++kk) s += static_cast<uint32_t>(a[r * k + kk] * static_cast<int32_t>(wn[kk]));
+    sums[r * ld] = static_cast<int32_t>(s);
+  }
+}
+
 template <int G>
 __attribute__((target("avx2"))) void dots_avx2_group(const uint8_t* a, const int8_t* w, int64_t k, int64_t n0,
-                                                     int64_t n1, int32_t* sums, int64_t ld) {
-  const int64_t kfull = k & ~int64_t(15);
-  for (int64_t n = n0; n < n1; ++n) {
+                                                     int64_t n1, int32_t* sums, int64_t ld, bool narrow) {
+  // narrow (every u <= 127): vpmaddubsw adds pairs of u8·s8 products into int16, at most 2·127·127 = 32258, so it
+  // never saturates; vpmaddwd with ones widens the pairs to int32. Otherwise both operands are widened to int16
+  // first (vpmovzxbw / vpmovsxbw) and vpmaddwd adds pairs of at most 255·127 into int32.
+  const int64_t kstep = narrow ? 32 : 16;
+  const int64_t kfull = k - k % kstep;
+  const __m256i ones = _mm256_set1_epi16(1);
+  int64_t n = n0;
+  for (; n + kBlock <= n1; n += kBlock) {
+    __m256i acc[kBlock][G];
+    for (int j = 0; j < kBlock; ++j)
+      for (int r = 0; r < G; ++r) acc[j][r] = _mm256_setzero_si256();
+    const int8_t* wn = w + n * k;
+    if (narrow) {
+      for (int64_t kk = 0; kk < kfull; kk += 32) {
+        __m256i av[G];
+        for (int r = 0; r < G; ++r) av[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * k + kk));
+        for (int j = 0; j < kBlock; ++j) {
+          const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wn + j * k + kk));
+          for (int r = 0; r < G; ++r)
+            acc[j][r] = _mm256_add_epi32(acc[j][r], _mm256_madd_epi16(_mm256_maddubs_epi16(av[r], wv), ones));
+        }
+      }
+    } else {
+      for (int64_t kk = 0; kk < kfull; kk += 16) {
+        __m256i av[G];
+        for (int r = 0; r < G; ++r)
+          av[r] = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + r * k + kk)));
+        for (int j = 0; j < kBlock; ++j) {
+          const __m256i wv =
+              _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wn + j * k + kk)));
+          for (int r = 0; r < G; ++r) acc[j][r] = _mm256_add_epi32(acc[j][r], _mm256_madd_epi16(av[r], wv));
+        }
+      }
+    }
+    for (int j = 0; j < kBlock; ++j) finish_avx2<G>(acc[j], a, w + (n + j) * k, k, kfull, sums + n + j, ld);
+  }
+  for (; n < n1; ++n) {
     __m256i acc[G];
     for (int r = 0; r < G; ++r) acc[r] = _mm256_setzero_si256();
     const int8_t* wn = w + n * k;
-    for (int64_t kk = 0; kk < kfull; kk += 16) {
-      const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wn + kk)));
-      for (int r = 0; r < G; ++r) {
-        const __m256i av = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + r * k + kk)));
-        acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(av, wv));  // |u·q| <= 255·127: int16 inputs, int32 out
+    for (int64_t kk = 0; kk < kfull; kk += kstep) {
+      if (narrow) {
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wn + kk));
+        for (int r = 0; r < G; ++r) {
+          const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * k + kk));
+          acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(_mm256_maddubs_epi16(av, wv), ones));
+        }
+      } else {
+        const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wn + kk)));
+        for (int r = 0; r < G; ++r) {
+          const __m256i av =
+              _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + r * k + kk)));
+          acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(av, wv));
+        }
       }
     }
-    for (int r = 0; r < G; ++r) {
-      uint32_t s = static_cast<uint32_t>(hsum_avx2(acc[r]));
-      for (int64_t kk = kfull; kk < k; ++kk) s += static_cast<uint32_t>(a[r * k + kk] * static_cast<int32_t>(wn[kk]));
-      sums[r * ld + n] = static_cast<int32_t>(s);
-    }
+    finish_avx2<G>(acc, a, wn, k, kfull, sums + n, ld);
   }
 }
 
@@ -144,20 +196,20 @@ void dots_portable(const uint8_t* a, int rows, const int8_t* w, int64_t k, int64
 
 template <int G>
 void dots_group(int isa, const uint8_t* a, const int8_t* w, int64_t k, int64_t n0, int64_t n1, int32_t* sums,
-                int64_t ld) {
+                int64_t ld, bool narrow) {
   if (isa == 2) {
     dots_vnni_group<G>(a, w, k, n0, n1, sums, ld);
   } else if (isa == 1) {
-    dots_avx2_group<G>(a, w, k, n0, n1, sums, ld);
+    dots_avx2_group<G>(a, w, k, n0, n1, sums, ld, narrow);
   } else {
     dots_portable(a, G, w, k, n0, n1, sums, ld);
   }
 }
 
 // All `rows` activation rows against weight rows [n0, n1): blocks of weight rows, each read once from memory and
-// then from cache by every group of kGroup activation rows.
+// then from cache by every group of kGroup activation rows. `narrow`: every activation byte is at most 127.
 void dots(int isa, const uint8_t* a, int64_t rows, const int8_t* w, int64_t k, int64_t n0, int64_t n1,
-          int32_t* sums, int64_t ld) {
+          int32_t* sums, int64_t ld, bool narrow) {
   const int64_t span = rows <= kGroup ? n1 - n0 : 16;
   for (int64_t b = n0; b < n1; b += span) {
     const int64_t e = std::min(n1, b + span);
@@ -165,10 +217,10 @@ void dots(int isa, const uint8_t* a, int64_t rows, const int8_t* w, int64_t k, i
       const uint8_t* ar = a + r * k;
       int32_t* sr = sums + r * ld;
       switch (std::min<int64_t>(kGroup, rows - r)) {
-        case 1: dots_group<1>(isa, ar, w, k, b, e, sr, ld); break;
-        case 2: dots_group<2>(isa, ar, w, k, b, e, sr, ld); break;
-        case 3: dots_group<3>(isa, ar, w, k, b, e, sr, ld); break;
-        default: dots_group<4>(isa, ar, w, k, b, e, sr, ld); break;
+        case 1: dots_group<1>(isa, ar, w, k, b, e, sr, ld, narrow); break;
+        case 2: dots_group<2>(isa, ar, w, k, b, e, sr, ld, narrow); break;
+        case 3: dots_group<3>(isa, ar, w, k, b, e, sr, ld, narrow); break;
+        default: dots_group<4>(isa, ar, w, k, b, e, sr, ld, narrow); break;
       }
     }
   }
@@ -228,8 +280,9 @@ at::Tensor gemv_int8(const at::Tensor& a_in, const at::Tensor& rows, const at::T
   const int32_t* rs = row_sums.data_ptr<int32_t>();
   const float* sc = scale.data_ptr<float>();
   float* op = out.data_ptr<float>();
+  const bool narrow = a.max().item<uint8_t>() <= 127;
   at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
-    dots(static_cast<int>(isa), ap, r, wp, k, b, e, sp, n);
+    dots(static_cast<int>(isa), ap, r, wp, k, b, e, sp, n, narrow);
     for (int64_t i = 0; i < r; ++i)
       for (int64_t j = b; j < e; ++j) op[i * n + j] = product(sp + i * n, rs, sc, zero_point, j);
   });
@@ -325,7 +378,7 @@ at::Tensor decode(const at::Tensor& x_in, const PackedWeight& w, const at::Tenso
     const float* sc = scale.data_ptr<float>();
     float* yp = y.data_ptr<float>();
     at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
-      dots(static_cast<int>(isa), ap, comps * m, wp, k, b, e, sp, n);
+      dots(static_cast<int>(isa), ap, comps * m, wp, k, b, e, sp, n, zero_point + qmax <= 127);
       for (int64_t r = 0; r < m; ++r) {
         float* yr = yp + r * n;
         const float v = invp[r];
