@@ -427,19 +427,20 @@ def msd_int8_linear(
     step = float(profile.step)
     if m <= DECODE_MAX_ROWS and len(weights) == 1 and first.shift == 0 and x2.dtype != torch.float64:
         if fused is not None and profile.kernel == "fbgemm":
-            y_fast = fused.op(
-                x2,
-                first.handle,
-                first.rows,
-                first.row_sums,
-                first.scale,
-                comps,
-                profile.qmax,
-                profile.zero_point,
-                bias,
-                fused.isa,
-                fused.gemv_max_rows,
-            )
+            if comps * m <= fused.gemv_max_rows:
+                y_fast = fused.gemv(
+                    x2,
+                    first.rows,
+                    first.row_sums,
+                    first.scale,
+                    comps,
+                    profile.qmax,
+                    profile.zero_point,
+                    bias,
+                    fused.isa,
+                )
+            else:
+                y_fast = fused.fbgemm(x2, first.handle, comps, profile.qmax, profile.zero_point, bias)
             y_fast = y_fast if y_fast.dim() == 2 else None  # an empty [0] result: rows the general path handles
         else:
             y_fast = _msd_int8_decode(x2, first, comps, stacked=stacked, bias=bias, profile=profile)
@@ -587,14 +588,16 @@ class FusedDecode:
     """The compiled decode operator (:mod:`lowbit.msd.native`) and how it runs here.
 
     Attributes:
-        op: ``lowbit_msd::decode``, bound (``op(x, packed.handle, packed.rows, packed.row_sums, packed.scale,
-            comps, qmax, zero_point, bias, isa, gemv_max_rows)``).
+        fbgemm: ``lowbit_msd::decode``, bound: ``fbgemm(x, packed.handle, comps, qmax, zero_point, bias)``.
+        gemv: ``lowbit_msd::decode_gemv``, bound: ``gemv(x, packed.rows, packed.row_sums, packed.scale, comps, qmax,
+            zero_point, bias, isa)`` (no packed fbgemm weight: passing that object from Python costs ~20 µs).
         isa: the GEMV's instruction set (:data:`lowbit.msd.native.GEMV_ISAS`): the best this CPU runs.
         gemv_max_rows: the GEMV runs while ``comps·M`` is at most this; fbgemm's GEMM above
             (``GEMV_MAX_ROWS[isa]``).
     """
 
-    op: Callable[..., torch.Tensor]
+    fbgemm: Callable[..., torch.Tensor]
+    gemv: Callable[..., torch.Tensor]
     isa: int
     gemv_max_rows: int
 
@@ -609,21 +612,22 @@ class FusedDecode:
         isa: int | None = None,
         gemv_max_rows: int | None = None,
     ) -> torch.Tensor:
-        """The operator on an fbgemm-packed weight (for tests and benchmarks; layers call :attr:`op` directly).
-        Returns ``[M, N]`` float32, or an empty ``[0]`` tensor for rows the general path must handle."""
-        return self.op(
-            x2,
-            packed.handle,
-            packed.rows,
-            packed.row_sums,
-            packed.scale,
-            comps,
-            profile.qmax,
-            profile.zero_point,
-            bias,
-            self.isa if isa is None else isa,
-            self.gemv_max_rows if gemv_max_rows is None else gemv_max_rows,
-        )
+        """The decode step on an fbgemm-packed weight as a layer runs it (for tests and benchmarks; layers call
+        :attr:`gemv` or :attr:`fbgemm` directly). Returns ``[M, N]`` float32, or an empty ``[0]`` tensor for rows
+        the general path must handle."""
+        if comps * x2.shape[0] <= (self.gemv_max_rows if gemv_max_rows is None else gemv_max_rows):
+            return self.gemv(
+                x2,
+                packed.rows,
+                packed.row_sums,
+                packed.scale,
+                comps,
+                profile.qmax,
+                profile.zero_point,
+                bias,
+                self.isa if isa is None else isa,
+            )
+        return self.fbgemm(x2, packed.handle, comps, profile.qmax, profile.zero_point, bias)
 
 
 @functools.cache
@@ -642,12 +646,12 @@ def fused_decode_op() -> tuple[FusedDecode | None, str]:
     profile = int8_profile("fbgemm")
     if not isinstance(profile, Int8Profile):
         return None, f"the fbgemm kernel is not exact on this CPU ({profile})"
-    op = native.decode_op()
+    op, gemv = native.decode_op(), native.decode_gemv_op()
     status = native.decode_op_status()
     isas = native.gemv_isas()
-    if op is None or not isas:
+    if op is None or gemv is None or not isas:
         return None, status.reason
-    fused = FusedDecode(op, isas[-1], GEMV_MAX_ROWS[isas[-1]])
+    fused = FusedDecode(op, gemv, isas[-1], GEMV_MAX_ROWS[isas[-1]])
     gen = torch.Generator().manual_seed(0)
     n, k = 27, 203
     q = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)

@@ -1,12 +1,12 @@
 """lowbit's compiled operator: the MSD INT8 decode step (``csrc/msd_decode.cpp``) as one torch call.
 
 At decode (``M <= 16`` token rows) an INT8 MSD linear is bound by streaming the weight once; the dozen small torch
-calls around the GEMM (row maximum, the components, the recombination) cost ~0.1-0.2 ms of Python and dispatch
-per layer, 10-30 % of a 4096 x 4096 layer. ``lowbit_msd::decode`` does the same float32 operations in C++ and
-returns the same bits (``tests/msd/test_native.py``; the rule is in the source's header comment). For a few
-activation rows (``comps·M <= gemv_max_rows``) it multiplies with its own INT8 GEMV over the stored row-major
-weight, which reads each weight row once for all components (AVX-512 VNNI, AVX2 or portable C++, chosen at run
-time; all three give the same int32 sums); above that, with fbgemm's GEMM on the prepacked weight.
+calls around the GEMM (row maximum, the components, the recombination) cost ~0.1-0.2 ms of Python and dispatch per
+layer, 10-30 % of a 4096 x 4096 layer. ``lowbit_msd::decode`` and ``decode_gemv`` do the same float32 operations in
+C++ and return the same bits (``tests/msd/test_native.py``; the rule is in the source's header comment). For a few
+activation rows (``comps·M <= kernels.GEMV_MAX_ROWS``) layers call ``decode_gemv``, which multiplies with lowbit's
+own INT8 GEMV over the stored row-major weight, reading each weight row once for all components (AVX-512 VNNI, AVX2
+or portable C++, chosen at run time; all give the same int32 sums); above that ``decode``, on fbgemm's GEMM.
 
 It is compiled on first use with torch's own extension builder (``torch.utils.cpp_extension.load``: a C++
 compiler and ``ninja``, a dependency of lowbit), once per source, torch and Python version, into
@@ -149,9 +149,15 @@ def _bound(name: str) -> Callable[..., Any] | None:
 
 
 def decode_op() -> Callable[..., Any] | None:
-    """``lowbit_msd::decode(x, packed, rows, row_sums, scale, comps, qmax, zero_point, bias, isa, gemv_max_rows)``:
-    the whole decode step (the rule is in the source's header comment), or None where unavailable."""
+    """``lowbit_msd::decode(x, packed_fbgemm_weight, comps, qmax, zero_point, bias)``: the whole decode step on
+    fbgemm's GEMM (the rule is in the source's header comment), or None where unavailable."""
     return _bound("decode")
+
+
+def decode_gemv_op() -> Callable[..., Any] | None:
+    """``lowbit_msd::decode_gemv(x, rows, row_sums, scale, comps, qmax, zero_point, bias, isa)``: the same step,
+    the same bits, on lowbit's own GEMV over the stored INT8 weight ``rows`` [N, K], or None where unavailable."""
+    return _bound("decode_gemv")
 
 
 def gemv_int8_op() -> Callable[..., Any] | None:

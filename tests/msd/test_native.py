@@ -102,17 +102,18 @@ def test_operator_rejects_bad_arguments() -> None:
     packed = pack_int8_weight(torch.ones(4, 8, dtype=torch.int8), torch.ones(4), "fbgemm")
     h, rows, sums, scale = packed.handle, packed.rows, packed.row_sums, packed.scale
 
-    def call(x, comps=2, qmax=127, zp=128, isa=op.isa, gemv=64, rows=rows, sums=sums, bias=None):
-        return op.op(x, h, rows, sums, scale, comps, qmax, zp, bias, isa, gemv)
+    def call(x, comps=2, qmax=127, zp=128, isa=op.isa, rows=rows, sums=sums, bias=None):
+        return op.gemv(x, rows, sums, scale, comps, qmax, zp, bias, isa)
 
-    with pytest.raises(RuntimeError, match="must be \\[M, K\\]"):
-        call(torch.ones(8))
-    with pytest.raises(RuntimeError, match="comps must be"):
-        call(torch.ones(1, 8), comps=0)
-    with pytest.raises(RuntimeError, match="qmax must be"):
-        call(torch.ones(1, 8), qmax=200)
-    with pytest.raises(RuntimeError, match="zero_point 300 does not keep"):
-        call(torch.ones(1, 8), zp=300)
+    for run in (call, lambda x, comps=2, qmax=127, zp=128: op.fbgemm(x, h, comps, qmax, zp, None)):
+        with pytest.raises(RuntimeError, match="must be \\[M, K\\]"):
+            run(torch.ones(8))
+        with pytest.raises(RuntimeError, match="comps must be"):
+            run(torch.ones(1, 8), comps=0)
+        with pytest.raises(RuntimeError, match="qmax must be"):
+            run(torch.ones(1, 8), qmax=200)
+        with pytest.raises(RuntimeError, match="zero_point 300 does not keep"):
+            run(torch.ones(1, 8), zp=300)
     with pytest.raises(RuntimeError, match="isa must be 0"):
         call(torch.ones(1, 8), isa=3)
     with pytest.raises(RuntimeError, match="rows has K=8, the activations K=9"):

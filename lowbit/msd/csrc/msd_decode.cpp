@@ -1,8 +1,8 @@
 // lowbit: the MSD INT8 decode step as one torch operator (lowbit.msd.native builds it; docs/msd-inference.md).
 //
-// lowbit_msd::decode(x [M, K], packed fbgemm weight, rows, row_sums, scale, comps, qmax, zero_point, bias?, isa,
-// gemv_max_rows) computes exactly what lowbit.msd.kernels._msd_int8_decode computes with ~12 torch calls from
-// Python, bit for bit:
+// lowbit_msd::decode(x [M, K], packed fbgemm weight, comps, qmax, zero_point, bias?) and
+// lowbit_msd::decode_gemv(x [M, K], rows, row_sums, scale, comps, qmax, zero_point, bias?, isa) compute exactly what
+// lowbit.msd.kernels._msd_int8_decode computes with ~12 torch calls from Python, bit for bit:
 //   a_r   = max_j |x_rj|                      (a row with NaN, or a_r outside [2^-60, 2^60], returns an empty
 //                                              tensor: the caller runs the general path)
 //   inv_r = float32(float32(1 / a_r) * qmax)
@@ -15,7 +15,7 @@
 // nearest even for |w| < 2^22 (here |w| <= qmax + 1); it vectorises where std::nearbyint does not without SSE4.1.
 //
 // The products c_i · qᵀ run on one of two kernels, which give the same int32 sums:
-// * comps·M <= gemv_max_rows: lowbit's own GEMV over the stored row-major INT8 weight `rows` [N, K]. Every weight
+// * decode_gemv (the caller uses it for a few rows, comps·M <= kernels.GEMV_MAX_ROWS): lowbit's own GEMV over the stored row-major INT8 weight `rows` [N, K]. Every weight
 //   row is read once for all comps·M activation rows (fbgemm's GEMM reads its packed weight once per call too,
 //   but costs ~1.1x its 1-row time with 2 rows). Activations enter as u = c + zero_point in [0, 255]; the sum is
 //   Σ u·q - zero_point·Σ q (`row_sums`), in wrapping 32-bit arithmetic, exact because the true result fits int32
@@ -23,7 +23,7 @@
 //   product straight into an int32 lane: no saturation), 1 = AVX2 (vpmaddubsw when every u <= 127, the 7-bit
 //   components CPUs without VNNI use, whose int16 pair sums then stay below 2^15; otherwise both operands
 //   widened to int16 first, then vpmaddwd), 0 = portable C++. All give identical sums; the epilogue is shared.
-// * otherwise fbgemm's quantized::linear_with_input_q_dq_qweight_dq_output_fp32 on the packed weight, with the
+// * decode: fbgemm's quantized::linear_with_input_q_dq_qweight_dq_output_fp32 on the packed weight, with the
 //   components as integer-valued float32 (its float output is float32(float32(sum) · scale), the same o_i).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -52,10 +52,22 @@ inline float round_half_even(float w) {
 // ------------------------------------------------------------------------------------------------- GEMV kernels
 // sums[r * ld + n] = Σ_k a[r·k + kk] · w[n·k + kk] (mod 2^32) for r < rows, n in [n0, n1).
 
+// The lane sums of four vectors at once, [Σ a, Σ b, Σ c, Σ d] (wrapping int32 adds, so any order gives the same
+// result): interleave and add pairs within each 128-bit lane, then add the four lanes.
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) inline __m128i reduce4_vnni(__m512i a, __m512i b, __m512i c,
+                                                                                 __m512i d) {
+  const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+  const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+  const __m512i abcd = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+  const __m256i half = _mm256_add_epi32(_mm512_castsi512_si256(abcd), _mm512_extracti64x4_epi64(abcd, 1));
+  return _mm_add_epi32(_mm256_castsi256_si128(half), _mm256_extracti128_si256(half, 1));
+}
+
 template <int G>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void dots_vnni_group(const uint8_t* a, const int8_t* w,
                                                                               int64_t k, int64_t n0, int64_t n1,
                                                                               int32_t* sums, int64_t ld) {
+  constexpr int64_t kBlock = G <= 2 ? 8 : 4;  // weight rows read together: more rows, more loads in flight
   const int64_t kfull = k & ~int64_t(63);
   const int64_t rest = k - kfull;
   const __mmask64 tail = rest ? (~__mmask64(0) >> (64 - rest)) : 0;
@@ -81,8 +93,12 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void dots_vnni_group(cons
         for (int r = 0; r < G; ++r) acc[j][r] = _mm512_dpbusd_epi32(acc[j][r], av[r], wv);
       }
     }
-    for (int j = 0; j < kBlock; ++j)
-      for (int r = 0; r < G; ++r) sums[r * ld + n + j] = _mm512_reduce_add_epi32(acc[j][r]);
+    for (int r = 0; r < G; ++r) {
+      for (int j = 0; j < kBlock; j += 4) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(sums + r * ld + n + j),
+                         reduce4_vnni(acc[j][r], acc[j + 1][r], acc[j + 2][r], acc[j + 3][r]));
+      }
+    }
   }
   for (; n < n1; ++n) {
     __m512i acc[G];
@@ -296,22 +312,21 @@ at::Tensor fbgemm_linear_fp32(const at::Tensor& a, int64_t zero_point, const Pac
   return op.call(a, 1.0, zero_point, w);
 }
 
-at::Tensor decode(const at::Tensor& x_in, const PackedWeight& w, const at::Tensor& rows, const at::Tensor& row_sums,
-                  const at::Tensor& scale, int64_t comps, int64_t qmax, int64_t zero_point,
-                  const std::optional<at::Tensor>& bias, int64_t isa, int64_t gemv_max_rows) {
-  const char* who = "lowbit_msd::decode";
+// The whole decode step; `w` (fbgemm) when `gemv` is false, `rows`/`row_sums`/`scale`/`isa` when it is true.
+at::Tensor decode_impl(const char* who, const at::Tensor& x_in, const PackedWeight* w, const at::Tensor* rows_p,
+                       const at::Tensor* row_sums_p, const at::Tensor* scale_p, int64_t comps, int64_t qmax,
+                       int64_t zero_point, const std::optional<at::Tensor>& bias, int64_t isa, bool gemv) {
   TORCH_CHECK(x_in.dim() == 2, who, ": x must be [M, K], got ", x_in.dim(), " dimensions");
   TORCH_CHECK(x_in.device().is_cpu(), who, ": x must be on the CPU");
   TORCH_CHECK(comps >= 1 && comps <= 8, who, ": comps must be in [1, 8], got ", comps);
   TORCH_CHECK(qmax >= 1 && qmax <= 127, who, ": qmax must be in [1, 127], got ", qmax);
   TORCH_CHECK(zero_point >= qmax && zero_point + qmax <= 255, who, ": zero_point ", zero_point,
               " does not keep components of [-qmax, qmax] in [0, 255]");
-  check_isa(isa, who);
+  if (gemv) check_isa(isa, who);
   const at::Tensor x = x_in.to(at::kFloat).contiguous();
   const int64_t m = x.size(0), k = x.size(1);
   TORCH_CHECK(m >= 1 && k >= 1, who, ": x must be non-empty, got [", m, ", ", k, "]");
-  const bool gemv = comps * m <= gemv_max_rows;
-  if (gemv) check_rows(rows, row_sums, scale, k, who);
+  if (gemv) check_rows(*rows_p, *row_sums_p, *scale_p, k, who);
   const float* xp = x.data_ptr<float>();
   at::Tensor inv = at::empty({m, 1}, x.options());
   float* invp = inv.data_ptr<float>();
@@ -367,6 +382,9 @@ at::Tensor decode(const at::Tensor& x_in, const PackedWeight& w, const at::Tenso
   }
   const float* bp = bias.has_value() ? bias_f.data_ptr<float>() : nullptr;
   if (gemv) {
+    const at::Tensor& rows = *rows_p;
+    const at::Tensor& row_sums = *row_sums_p;
+    const at::Tensor& scale = *scale_p;
     const int64_t n = rows.size(0);
     if (bp != nullptr) TORCH_CHECK(bias_f.size(0) == n, who, ": bias has ", bias_f.size(0), " entries, N=", n);
     at::Tensor sums = at::empty({comps * m, n}, x.options().dtype(at::kInt));
@@ -398,12 +416,26 @@ at::Tensor decode(const at::Tensor& x_in, const PackedWeight& w, const at::Tenso
     });
     return y;
   }
-  at::Tensor out = fbgemm_linear_fp32(buf, zero_point, w);
+  at::Tensor out = fbgemm_linear_fp32(buf, zero_point, *w);
   std::vector<at::Tensor> parts = out.chunk(comps);
   at::Tensor y = parts[0];
   for (int64_t i = 1; i < comps; ++i) y.add_(parts[i].mul_(static_cast<double>(alpha[i])));
   if (!bias.has_value()) return y.div_(inv);
   return at::addcdiv(bias_f, y, inv);
+}
+
+// Two operators, so that the GEMV's callers do not pass the packed fbgemm weight: converting that TorchBind object
+// from Python costs ~20 µs a call (measured: this operator declining a zero row, 25 µs with it, ~5 µs without).
+at::Tensor decode(const at::Tensor& x, const PackedWeight& w, int64_t comps, int64_t qmax, int64_t zero_point,
+                  const std::optional<at::Tensor>& bias) {
+  return decode_impl("lowbit_msd::decode", x, &w, nullptr, nullptr, nullptr, comps, qmax, zero_point, bias, 0, false);
+}
+
+at::Tensor decode_gemv(const at::Tensor& x, const at::Tensor& rows, const at::Tensor& row_sums, const at::Tensor& scale,
+                       int64_t comps, int64_t qmax, int64_t zero_point, const std::optional<at::Tensor>& bias,
+                       int64_t isa) {
+  return decode_impl("lowbit_msd::decode_gemv", x, nullptr, &rows, &row_sums, &scale, comps, qmax, zero_point, bias,
+                     isa, true);
 }
 
 int64_t gemv_max_isa() { return max_isa(); }
@@ -412,13 +444,17 @@ int64_t gemv_max_isa() { return max_isa(); }
 
 TORCH_LIBRARY(lowbit_msd, m) {
   m.def(
-      "decode(Tensor x, __torch__.torch.classes.quantized.LinearPackedParamsBase w, Tensor rows, Tensor row_sums, "
-      "Tensor scale, int comps, int qmax, int zero_point, Tensor? bias, int isa, int gemv_max_rows) -> Tensor");
+      "decode(Tensor x, __torch__.torch.classes.quantized.LinearPackedParamsBase w, int comps, int qmax, "
+      "int zero_point, Tensor? bias) -> Tensor");
+  m.def(
+      "decode_gemv(Tensor x, Tensor rows, Tensor row_sums, Tensor scale, int comps, int qmax, int zero_point, "
+      "Tensor? bias, int isa) -> Tensor");
   m.def("gemv_int8(Tensor a, Tensor rows, Tensor row_sums, Tensor scale, int zero_point, int isa) -> Tensor");
   m.def("gemv_max_isa() -> int", &gemv_max_isa);
 }
 
 TORCH_LIBRARY_IMPL(lowbit_msd, CPU, m) {
   m.impl("decode", &decode);
+  m.impl("decode_gemv", &decode_gemv);
   m.impl("gemv_int8", &gemv_int8);
 }
