@@ -27,7 +27,8 @@ interleaved: a single layer called again and again is partly served from the las
 machine of the quoted runs), a model's decode step is not.
 
     flock /tmp/lowbit-bench.lock .venv/bin/python benchmarks/bench_msd_decode.py [--quick] [--profile] \
-        [--kernels] [--memory] [--stack LAYERS [--stack-shape KxN]] [--threads 1,2] [--name NAME]
+        [--kernels] [--memory] [--stack LAYERS [--stack-shape KxN]] [--threads 1,2] [--name NAME] \
+        [--shapes KxN,KxN] [--ms 1,2]
 
 Writes ``benchmarks/results/msd_decode.json`` (``msd_decode_quick.json`` with ``--quick``, or ``<NAME>.json``).
 """
@@ -344,9 +345,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--stack-shape", default="4096x4096", help="K x N of the --stack layers (default 4096x4096)")
     parser.add_argument("--stack-rounds", type=int, default=15, help="passes per setup for --stack (default 15)")
+    parser.add_argument(
+        "--shapes", default=None, help="comma-separated KxN layer shapes instead of the defaults (e.g. 2048x512)"
+    )
+    parser.add_argument("--ms", default=None, help="comma-separated token rows M (default 1,2,4,8)")
     args = parser.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
     kns = QUICK_KN if args.quick else FULL_KN
+    if args.shapes:
+        kns = tuple(tuple(int(v) for v in shape.lower().split("x")) for shape in args.shapes.split(","))
+    ms = tuple(int(v) for v in args.ms.split(",")) if args.ms else MS
     rounds = 15 if args.quick else 25
     start = time.perf_counter()
     load_before = os.getloadavg()
@@ -357,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         msd, msd_torch, qd = _layers(k, n)
         for th in threads:
             torch.set_num_threads(th)
-            for m in MS:
+            for m in ms:
                 cell = bench_cell(msd, msd_torch, qd, m, rounds=rounds)
                 rows.append({"threads": th, "K": k, "N": n, **cell})
                 print(
@@ -403,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         name,
         {
             "quick": args.quick,
+            "argv": list(sys.argv[1:] if argv is None else argv),
             "torch": torch.__version__,
             "threads": threads,
             "rounds": rounds,
