@@ -427,20 +427,7 @@ def msd_int8_linear(
     step = float(profile.step)
     if m <= DECODE_MAX_ROWS and len(weights) == 1 and first.shift == 0 and x2.dtype != torch.float64:
         if fused is not None and profile.kernel == "fbgemm":
-            if comps * m <= fused.gemv_max_rows:
-                y_fast = fused.gemv(
-                    x2,
-                    first.rows,
-                    first.row_sums,
-                    first.scale,
-                    comps,
-                    profile.qmax,
-                    profile.zero_point,
-                    bias,
-                    fused.isa,
-                )
-            else:
-                y_fast = fused.fbgemm(x2, first.handle, comps, profile.qmax, profile.zero_point, bias)
+            y_fast = fused(x2, first, comps, profile, bias)
             y_fast = y_fast if y_fast.dim() == 2 else None  # an empty [0] result: rows the general path handles
         else:
             y_fast = _msd_int8_decode(x2, first, comps, stacked=stacked, bias=bias, profile=profile)
@@ -612,9 +599,9 @@ class FusedDecode:
         isa: int | None = None,
         gemv_max_rows: int | None = None,
     ) -> torch.Tensor:
-        """The decode step on an fbgemm-packed weight as a layer runs it (for tests and benchmarks; layers call
-        :attr:`gemv` or :attr:`fbgemm` directly). Returns ``[M, N]`` float32, or an empty ``[0]`` tensor for rows
-        the general path must handle."""
+        """The decode step on an fbgemm-packed weight: :attr:`gemv` for ``comps·M <= gemv_max_rows``, else
+        :attr:`fbgemm` (``isa`` and ``gemv_max_rows`` override the fields, for tests and benchmarks). Returns
+        ``[M, N]`` float32, or an empty ``[0]`` tensor for rows the general path must handle."""
         if comps * x2.shape[0] <= (self.gemv_max_rows if gemv_max_rows is None else gemv_max_rows):
             return self.gemv(
                 x2,
